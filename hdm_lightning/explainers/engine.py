@@ -1,0 +1,162 @@
+"""Runs a schedule's stages as sequential fits and combines the trained vectors (plain torch + fits)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from hdm_lightning.explainers.fit import EarlyStop, MaskStageModule, run_fit
+from hdm_lightning.masks.ops import upsample
+from hdm_lightning.schedules.base import MaskSchedule, Stage, validate_plan
+
+AUX_REFERENCES = ("original", "previous")
+
+
+@dataclass
+class FitSettings:
+    """Engine settings shared by every fit of one ``explain`` call."""
+
+    device: torch.device
+    precision: str = "32-true"
+    channels_last: bool = False
+    max_rows: int | None = None
+    progress_bar: bool = False
+    log_every: int = 50
+    logger: object = None
+    callbacks: list = field(default_factory=list)
+
+
+@dataclass
+class ScheduleOutcome:
+    """Trained vectors of one schedule run, their histories, and the passes spent."""
+
+    vectors: dict[str, Tensor]
+    history: dict[str, Tensor]
+    names: dict[str, list[str]]
+    plan: list[Stage]
+    passes: int
+
+
+@contextmanager
+def frozen(model: nn.Module, channels_last: bool = False):
+    """Put ``model`` in eval mode with gradients off; restore every flag afterwards.
+
+    The weights are never modified; each submodule's ``training`` flag and each parameter's
+    ``requires_grad`` are restored exactly (no side effects on the caller's model).
+    """
+    modes = {m: m.training for m in model.modules()}
+    grads = {p: p.requires_grad for p in model.parameters()}
+    model.eval()
+    for p in grads:
+        p.requires_grad_(False)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    try:
+        yield model
+    finally:
+        if channels_last:
+            model.to(memory_format=torch.contiguous_format)
+        for m, mode in modes.items():
+            m.training = mode
+        for p, g in grads.items():
+            p.requires_grad_(g)
+
+
+def train_schedule(
+    classifier: nn.Module,
+    selector,
+    images: Tensor,
+    reference: Tensor,
+    schedule: MaskSchedule,
+    *,
+    tau: float,
+    upsample_mode: str,
+    aux_reference: str,
+    early_stop: EarlyStop | None,
+    settings: FitSettings,
+    prefix: str,
+) -> ScheduleOutcome:
+    """Train every stage of ``schedule`` on ``images`` (one fit per stage).
+
+    Args:
+        classifier: the frozen classifier.
+        selector: the resolved activation selector.
+        images: the images the masks multiply, ``[B, C, H, W]``.
+        reference: ``f_p(images)``, ``[B]``, the consistency target (Eq. 6, 8; papers/002 Eq. 1).
+        aux_reference: ``"original"``: guided vectors also match ``f_p(images)`` (Eq. 8, default);
+            ``"previous"``: they match their guide's masked activation ``A^{(k-1,j)}`` (Alg. 1 l.19).
+        schedule: the plan of stages.
+        tau: initial value of vectors without ``init_from``.
+        upsample_mode: ``g``'s interpolation.
+        early_stop: optional per-row plateau stop.
+        settings: device, precision, chunking, logger and callbacks.
+        prefix: log-key prefix (``"dm1"``).
+    """
+    if aux_reference not in AUX_REFERENCES:
+        raise ValueError(f"aux_reference must be one of {list(AUX_REFERENCES)}, got {aux_reference!r}")
+    if not 0.0 <= tau <= 1.0:
+        raise ValueError(f"tau (initial mask value) must be in [0, 1], got {tau!r}")
+    h, w = images.shape[-2:]
+    plan = schedule.plan(h, w)
+    validate_plan(plan, h, w)
+    b = images.shape[0]
+    trained: dict[str, Tensor] = {}
+    final_act: dict[str, Tensor] = {}
+    history: dict[str, Tensor] = {}
+    names: dict[str, list[str]] = {}
+    passes = 0
+    need_final = aux_reference == "previous"
+    for stage in plan:
+        init, guides, refs = [], [], []
+        for v in stage.vectors:
+            a, bb = v.size
+            if v.init_from is not None:
+                init.append(upsample(trained[v.init_from], a, bb, upsample_mode).clamp(0.0, 1.0))
+            else:
+                init.append(torch.full((b, 1, a, bb), float(tau), dtype=images.dtype, device=images.device))
+            guides.append(None if v.guide is None else upsample(trained[v.guide], a, bb, upsample_mode))
+            use_prev = need_final and v.guide is not None
+            refs.append(final_act[v.guide] if use_prev else reference)
+        module = MaskStageModule(
+            classifier,
+            selector,
+            images,
+            stage,
+            init,
+            guides,
+            torch.stack(refs),
+            upsample_mode=upsample_mode,
+            max_rows=settings.max_rows,
+            early_stop=early_stop,
+            prefix=f"{prefix}/{stage.name}",
+            log_every=settings.log_every,
+            channels_last=settings.channels_last,
+        )
+        run_fit(module, settings.device, settings.precision, settings.logger, settings.callbacks, settings.progress_bar)
+        passes += module.passes
+        for v, p in zip(stage.vectors, module.masks, strict=True):
+            trained[v.name] = p.detach().clone()
+        if need_final:
+            acts = module.final_activations()
+            for i, v in enumerate(stage.vectors):
+                final_act[v.name] = acts[i]
+        history[stage.name] = module.history.detach().clone()
+        names[stage.name] = [v.name for v in stage.vectors]
+    return ScheduleOutcome(trained, history, names, plan, passes)
+
+
+def combine(outcome: ScheduleOutcome, height: int, width: int, upsample_mode: str) -> Tensor:
+    """``M_c = sum_v combine_weight_v * g(v, H, W)`` (papers/001 Eq. 9; papers/002 ``sum g(d_i)``)."""
+    total = None
+    for stage in outcome.plan:
+        for v in stage.vectors:
+            if v.combine_weight == 0:
+                continue
+            term = v.combine_weight * upsample(outcome.vectors[v.name], height, width, upsample_mode)
+            total = term if total is None else total + term
+    if total is None:
+        raise ValueError("the schedule marks no vector for the combined map (all combine_weight == 0)")
+    return total

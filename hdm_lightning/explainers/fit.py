@@ -1,0 +1,355 @@
+"""LightningModules whose parameters are mask vectors, with the frozen classifier inside.
+
+One module = one stage = one ``Trainer.fit``. Every (vector, image) pair of the stage is a row of
+one batched forward/backward; the loss is the *sum* of the rows' losses, so each vector receives
+exactly the gradient it would get alone, and Adam (elementwise) keeps the vectors independent
+(SPEC 'Independence is the performance lever'). The classifier must stay in ``eval()``.
+
+The classifier is held as a plain attribute, not a registered submodule, so that Lightning's
+device, precision, checkpoint and DDP machinery never touches the user's weights: checkpoints of
+these modules hold the masks only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, IterableDataset
+
+from hdm_lightning.masks.ops import l1_mean, mix_maps, upsample
+from hdm_lightning.schedules.base import MaskVector, Stage
+
+
+class _Ticks(IterableDataset):
+    """An endless stream of dummy batches: the data is the module's own images."""
+
+    def __iter__(self):
+        return itertools.repeat(0)
+
+
+@dataclass
+class EarlyStop:
+    """Per-row plateau stop (see :class:`hdm_lightning.config.EarlyStopConfig`)."""
+
+    min_steps: int = 2000
+    patience: int = 200
+    min_delta: float = 0.0
+
+
+class _FrozenClassifierFit(L.LightningModule):
+    """Shared glue: manual optimisation, endless loader, loss history, frozen classifier."""
+
+    check_every = 25  # steps between (device-syncing) checks whether every row has stopped
+
+    def __init__(
+        self, classifier: nn.Module, selector, steps: int, prefix: str, log_every: int = 50, channels_last: bool = False
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        object.__setattr__(self, "classifier", classifier)  # deliberately not a submodule
+        self.selector = selector
+        self.steps = int(steps)
+        self.prefix = prefix
+        self.log_every = max(int(log_every), 1)
+        self.channels_last = channels_last
+        self._step = 0
+
+    def train(self, mode: bool = True):  # noqa: D102 - the classifier never leaves eval mode
+        super().train(mode)
+        self.classifier.eval()
+        return self
+
+    def train_dataloader(self) -> DataLoader:  # noqa: D102
+        return DataLoader(_Ticks(), batch_size=None)
+
+    def _forward_rows(self, x: Tensor, targets: Tensor | None) -> Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.selector(x, targets).float()
+
+    def _log_loss(self, loss: Tensor) -> None:
+        if self._logging and self._step % self.log_every == 0:
+            self.log(f"{self.prefix}/loss", loss, on_step=True, prog_bar=False)
+
+    @property
+    def _logging(self) -> bool:
+        return self._trainer is not None and self.trainer.logger is not None and not self.trainer.barebones
+
+
+class MaskStageModule(_FrozenClassifierFit):
+    """Trains every vector of one :class:`Stage` for every image of a batch, together.
+
+    Args:
+        classifier: frozen classifier (eval mode, ``requires_grad`` off).
+        selector: resolved :class:`~hdm_lightning.explainers.selectors.ActivationSelector`.
+        images: the images the masks multiply, ``[B, C, H, W]``.
+        stage: the plan of this fit.
+        init: initial values per vector, ``[B, 1, a, b]`` each.
+        guides: ``g(c^{k-1}, a, b)`` per guided vector (frozen), ``[B, 1, a, b]``.
+        reference: consistency target per (vector, image), ``[n_vectors, B]``.
+        upsample_mode: ``g``'s interpolation.
+        max_rows: masked images per forward/backward (``None``: all rows at once).
+        early_stop: optional per-row plateau stop.
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        selector,
+        images: Tensor,
+        stage: Stage,
+        init: list[Tensor],
+        guides: list[Tensor | None],
+        reference: Tensor,
+        upsample_mode: str = "bilinear",
+        max_rows: int | None = None,
+        early_stop: EarlyStop | None = None,
+        prefix: str = "stage",
+        log_every: int = 50,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__(classifier, selector, stage.steps, prefix, log_every, channels_last)
+        self.stage = stage
+        self.vectors: list[MaskVector] = list(stage.vectors)
+        self.masks = nn.ParameterList([nn.Parameter(v.detach().clone()) for v in init])
+        self.register_buffer("images", images, persistent=False)
+        self.guides = guides
+        self.register_buffer("reference", reference.detach().float(), persistent=False)
+        self.upsample_mode = upsample_mode
+        self.early = early_stop
+        n, b = len(self.vectors), images.shape[0]
+        self.register_buffer("history", torch.zeros(self.steps, n, b, device=images.device), persistent=False)
+        self.passes = 0
+        self._chunks = self._plan_chunks(n, b, max_rows)
+        dev = images.device
+        self._wc = torch.tensor([v.consistency_weight for v in self.vectors], device=dev)
+        self._wr = torch.tensor([v.reg_weight for v in self.vectors], device=dev)
+        if self.early is not None:
+            self._best = torch.full((n, b), float("inf"), device=dev)
+            self._since = torch.zeros((n, b), dtype=torch.long, device=dev)
+            self._active = torch.ones((n, b), dtype=torch.bool, device=dev)
+            self._frozen = [p.detach().clone() for p in self.masks]
+            self.stopped_at = torch.full((n, b), self.steps, dtype=torch.long, device=dev)
+
+    @staticmethod
+    def _plan_chunks(n: int, b: int, max_rows: int | None) -> list[tuple[int, int, int, int]]:
+        """Rectangles ``(v0, v1, b0, b1)`` of (vector, image) rows, each at most ``max_rows``."""
+        if max_rows is None or n * b <= max_rows:
+            return [(0, n, 0, b)]
+        max_rows = max(int(max_rows), 1)
+        if b <= max_rows:
+            per = max_rows // b
+            return [(v, min(v + per, n), 0, b) for v in range(0, n, per)]
+        return [(v, v + 1, i, min(i + max_rows, b)) for v in range(n) for i in range(0, b, max_rows)]
+
+    def configure_optimizers(self):  # noqa: D102
+        groups = [{"params": [p], "lr": v.lr} for p, v in zip(self.masks, self.vectors, strict=True)]
+        return torch.optim.Adam(groups)
+
+    def vector_mask(self, idx: int, p: Tensor, b0: int, b1: int) -> tuple[Tensor, Tensor]:
+        """Applied mask ``[nb, 1, H, W]`` and ``L_R`` term ``[nb]`` of vector ``idx`` (Eq. 6 / Eq. 8)."""
+        v = self.vectors[idx]
+        h, w = self.images.shape[-2:]
+        guide = self.guides[idx]
+        gated = p if guide is None else p * guide[b0:b1]
+        m = upsample(gated, h, w, self.upsample_mode)
+        if v.reg_on == "vector":
+            reg = l1_mean(p)
+        elif guide is None:
+            reg = l1_mean(m)
+        else:
+            reg = l1_mean(upsample(p, h, w, self.upsample_mode))
+        return m, reg[:, 0]
+
+    def chunk_losses(self, v0: int, v1: int, b0: int, b1: int) -> Tensor:
+        """Per-row losses ``[v1 - v0, b1 - b0]`` for one rectangle of rows."""
+        ms, regs = zip(*(self.vector_mask(i, self.masks[i][b0:b1], b0, b1) for i in range(v0, v1)), strict=True)
+        m = torch.stack(ms)  # [nv, nb, 1, H, W]
+        x = (m * self.images[b0:b1].unsqueeze(0)).flatten(0, 1)
+        targets = self.selector.targets[b0:b1].repeat(v1 - v0) if self.selector.fn is None else None
+        act = self._forward_rows(x, targets).view(v1 - v0, b1 - b0)
+        j = (act - self.reference[v0:v1, b0:b1]) ** 2
+        return self._wc[v0:v1, None] * j + self._wr[v0:v1, None] * torch.stack(regs).float()
+
+    def training_step(self, batch, batch_idx):  # noqa: D102
+        opt = self.optimizers()
+        opt.zero_grad(set_to_none=True)
+        step = self._step
+        total = 0.0
+        for v0, v1, b0, b1 in self._chunks:
+            losses = self.chunk_losses(v0, v1, b0, b1)
+            self.manual_backward(losses.sum())
+            self.history[step, v0:v1, b0:b1] = losses.detach()
+            total = total + losses.detach().sum()
+            self.passes += (v1 - v0) * (b1 - b0)
+        opt.step()
+        with torch.no_grad():
+            for p in self.masks:
+                p.clamp_(0.0, 1.0)  # SPEC decision: projected onto [0, 1] after every step
+            if self.early is not None:
+                self._early_stop_update(step)
+        self._log_loss(total / self.history[step].numel())
+        self._step += 1
+
+    def _early_stop_update(self, step: int) -> None:
+        cur = self.history[step]
+        improved = cur < self._best - self.early.min_delta
+        self._best = torch.where(improved, cur, self._best)
+        self._since = torch.where(improved, torch.zeros_like(self._since), self._since + 1)
+        # Rows stopped earlier keep their values (Adam still moves them, so put them back).
+        for i, p in enumerate(self.masks):
+            keep = self._active[i].view(-1, 1, 1, 1)
+            p.copy_(torch.where(keep, p, self._frozen[i]))
+        if step + 1 >= self.early.min_steps:
+            newly = self._active & (self._since >= self.early.patience)
+            self.stopped_at = torch.where(newly, torch.full_like(self.stopped_at, step + 1), self.stopped_at)
+            for i, p in enumerate(self.masks):
+                self._frozen[i] = torch.where(newly[i].view(-1, 1, 1, 1), p, self._frozen[i])
+            self._active = self._active & ~newly
+        if (step + 1) % self.check_every == 0 and not bool(self._active.any()):
+            self.history[step + 1 :] = self.history[step]
+            self.trainer.should_stop = True
+
+    @torch.no_grad()
+    def final_activations(self) -> Tensor:
+        """``f_p`` of each vector's final applied mask times the images, ``[n_vectors, B]``."""
+        out = torch.empty_like(self.reference)
+        for v0, v1, b0, b1 in self._chunks:
+            ms = [self.vector_mask(i, self.masks[i][b0:b1], b0, b1)[0] for i in range(v0, v1)]
+            x = (torch.stack(ms) * self.images[b0:b1].unsqueeze(0)).flatten(0, 1)
+            targets = self.selector.targets[b0:b1].repeat(v1 - v0) if self.selector.fn is None else None
+            out[v0:v1, b0:b1] = self._forward_rows(x, targets).view(v1 - v0, b1 - b0)
+        return out
+
+
+class MixingModule(_FrozenClassifierFit):
+    """HDM's learned combination (papers/001 Eq. 3-5, papers/000 Alg. 2 lines 11-32).
+
+    Parameters ``v`` are ``[B, S]``, initialised to ones (SPEC decision); the mix
+    ``M_h = sum_j w_j M_j / sum_j w_j`` with ``w_j = sum_{k>=j} v_k^2`` keeps ``w`` non-increasing.
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        selector,
+        images: Tensor,
+        maps: Tensor,
+        reference: Tensor,
+        epochs: int,
+        lr: float,
+        lam: float,
+        prefix: str = "mix",
+        log_every: int = 50,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__(classifier, selector, epochs, prefix, log_every, channels_last)
+        b, s = maps.shape[:2]
+        self.v = nn.Parameter(torch.ones(b, s, device=images.device, dtype=maps.dtype))
+        self.register_buffer("images", images, persistent=False)
+        self.register_buffer("maps", maps, persistent=False)
+        self.register_buffer("reference", reference.detach().float(), persistent=False)
+        self.register_buffer("history", torch.zeros(self.steps, 1, b, device=images.device), persistent=False)
+        self.lr, self.lam = float(lr), float(lam)
+        self.passes = 0
+
+    def configure_optimizers(self):  # noqa: D102
+        return torch.optim.Adam([self.v], lr=self.lr)
+
+    def mixed(self) -> Tensor:
+        """The current ``M_h``, ``[B, 1, H, W]``."""
+        return mix_maps(self.maps, self.v)
+
+    def training_step(self, batch, batch_idx):  # noqa: D102
+        opt = self.optimizers()
+        opt.zero_grad(set_to_none=True)
+        mh = self.mixed()
+        targets = self.selector.targets if self.selector.fn is None else None
+        act = self._forward_rows(mh * self.images, targets)
+        losses = (act - self.reference) ** 2 + self.lam * l1_mean(mh)[:, 0].float()
+        self.manual_backward(losses.sum())
+        opt.step()
+        self.history[self._step, 0] = losses.detach()
+        self.passes += mh.shape[0]
+        self._log_loss(losses.detach().mean())
+        self._step += 1
+
+
+@contextmanager
+def quiet_lightning():
+    """Silence Lightning's per-fit banners and the warnings that are expected here."""
+    names = [
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.pytorch.trainer.connectors.signal_connector",
+    ]
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=r".*`training_step` returned `None`.*")
+            # Lightning's own use of a deprecated torch pytree API (not ours to fix).
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+            yield
+    finally:
+        for lg, lvl in zip(loggers, levels, strict=True):
+            lg.setLevel(lvl)
+
+
+def run_fit(
+    module: _FrozenClassifierFit,
+    device: torch.device,
+    precision: str = "32-true",
+    logger=None,
+    callbacks=None,
+    progress_bar: bool = False,
+) -> None:
+    """One ``Trainer.fit`` of ``module`` on ``device`` for ``module.steps`` optimiser steps."""
+    if device.type == "cuda":
+        accelerator, devices = "gpu", [device.index if device.index is not None else torch.cuda.current_device()]
+    elif device.type == "mps":
+        accelerator, devices = "mps", 1
+    else:
+        accelerator, devices = "cpu", 1
+    bare = logger is None and not callbacks and not progress_bar
+    kwargs = dict(
+        accelerator=accelerator,
+        devices=devices,
+        max_steps=module.steps,
+        max_epochs=1,
+        precision=precision,
+        num_sanity_val_steps=0,
+        inference_mode=False,
+    )
+    if bare:
+        # Nothing to log or show: barebones skips Lightning's per-step bookkeeping (overhead).
+        kwargs.update(
+            barebones=True,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+    else:
+        kwargs.update(
+            logger=logger if logger is not None else False,
+            callbacks=list(callbacks or []),
+            enable_checkpointing=False,
+            enable_progress_bar=progress_bar,
+            enable_model_summary=False,
+            log_every_n_steps=module.log_every,
+        )
+    with quiet_lightning():
+        L.Trainer(**kwargs).fit(module)

@@ -1,0 +1,33 @@
+"""Plain-torch mask maths (papers/001 §3, papers/002 §3)."""
+
+from hdm_lightning.masks.ops import (
+    THRESHOLD_KINDS,
+    UPSAMPLE_MODES,
+    Threshold,
+    consistency,
+    dm_combine_threshold,
+    hdm_weights,
+    hierarchical_masked_image,
+    l1_mean,
+    levels,
+    mdm_combine_threshold,
+    mix_maps,
+    normalize,
+    upsample,
+)
+
+__all__ = [
+    "THRESHOLD_KINDS",
+    "UPSAMPLE_MODES",
+    "Threshold",
+    "consistency",
+    "dm_combine_threshold",
+    "hdm_weights",
+    "hierarchical_masked_image",
+    "l1_mean",
+    "levels",
+    "mdm_combine_threshold",
+    "mix_maps",
+    "normalize",
+    "upsample",
+]

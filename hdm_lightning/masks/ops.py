@@ -1,0 +1,153 @@
+"""Mask maths in plain torch: no Lightning, no numpy in the autograd path.
+
+Notation follows ``SPEC.md`` (papers/001 §3, papers/000 Algorithms 1-2, papers/002 §3):
+``g`` upsampling, ``N`` per-image min-max normalisation, ``J`` activation consistency,
+``L_R`` mean absolute mask value, HDM weights ``w_j = sum_{k>=j} v_k^2`` (Eq. 3).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+UPSAMPLE_MODES = ("bilinear", "nearest")
+THRESHOLD_KINDS = ("quantile", "value")
+
+
+def upsample(v: Tensor, height: int, width: int, mode: str = "bilinear") -> Tensor:
+    """``g(v, h, w)``: upsample mask vectors ``[..., a, b]`` to ``[..., h, w]``.
+
+    SPEC decision: bilinear with ``align_corners=False``; nearest selectable. Leading
+    dimensions are flattened into the batch so any ``[B, 1, a, b]`` or ``[n, B, 1, a, b]`` works.
+    """
+    if mode not in UPSAMPLE_MODES:
+        raise ValueError(f"Unknown upsample mode {mode!r}. Available: {list(UPSAMPLE_MODES)}")
+    if v.shape[-2:] == (height, width):
+        return v
+    lead = v.shape[:-2]
+    flat = v.reshape(-1, 1, *v.shape[-2:])
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    out = F.interpolate(flat, size=(height, width), mode=mode, **kwargs)
+    return out.reshape(*lead, height, width)
+
+
+def normalize(x: Tensor, eps: float = 0.0) -> Tensor:
+    """``N(x) = (x - min x) / (max x - min x)`` per image over the last three dims.
+
+    A constant image (max == min) maps to zeros rather than NaN (SPEC: guard max = min).
+    """
+    flat = x.flatten(start_dim=-3) if x.dim() >= 3 else x.flatten()
+    lo = flat.min(dim=-1, keepdim=True).values
+    hi = flat.max(dim=-1, keepdim=True).values
+    span = hi - lo
+    safe = torch.where(span > eps, span, torch.ones_like(span))
+    out = torch.where(span > eps, (flat - lo) / safe, torch.zeros_like(flat))
+    return out.reshape(x.shape)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """Threshold ``gamma``: an absolute value or a per-image quantile of the map.
+
+    Args:
+        kind: ``"quantile"`` (``value`` in [0, 1], e.g. 0.7 keeps the top 30 % of pixels) or
+            ``"value"`` (an absolute level, e.g. MDM's ``gamma = 5`` on the sum of 27 masks).
+        value: the quantile or the level.
+    """
+
+    kind: str = "quantile"
+    value: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.kind not in THRESHOLD_KINDS:
+            raise ValueError(f"Unknown threshold kind {self.kind!r}. Available: {list(THRESHOLD_KINDS)}")
+        if self.kind == "quantile" and not 0.0 <= float(self.value) <= 1.0:
+            raise ValueError(f"threshold quantile must be in [0, 1], got {self.value!r}")
+
+    def gamma(self, x: Tensor) -> Tensor:
+        """Per-image ``gamma`` shaped ``[B, 1, 1, 1]`` for maps ``x`` of shape ``[B, 1, H, W]``."""
+        if self.kind == "value":
+            return torch.full((x.shape[0], 1, 1, 1), float(self.value), dtype=x.dtype, device=x.device)
+        q = torch.quantile(x.flatten(1).float(), float(self.value), dim=1).to(x.dtype)
+        return q.view(-1, 1, 1, 1)
+
+
+def consistency(activation: Tensor, reference: Tensor) -> Tensor:
+    """``J = (f_p(M X) - f_p(X))^2`` elementwise (one term per masked image)."""
+    return (activation - reference) ** 2
+
+
+def l1_mean(m: Tensor) -> Tensor:
+    """``L_R(M) = mean |M|`` over the last two dims (papers/001 Eq. 4, papers/002 Eq. 6): ``[..., h, w] -> [...]``."""
+    return m.abs().mean(dim=(-2, -1))
+
+
+def hdm_weights(v: Tensor) -> Tensor:
+    """HDM stage weights ``w_j = sum_{k=j..S} v_k^2`` (papers/001 Eq. 3, papers/000 Alg. 2 l.16-19).
+
+    ``v`` is ``[..., S]``; the result is non-increasing in ``j`` by construction.
+    """
+    sq = v**2
+    return sq.flip(-1).cumsum(-1).flip(-1)
+
+
+def mix_maps(maps: Tensor, v: Tensor) -> Tensor:
+    """``M_h = sum_j w_j M_j / sum_j w_j`` for ``maps [B, S, 1, H, W]`` and ``v [B, S]``."""
+    w = hdm_weights(v)
+    total = w.sum(-1).clamp_min(torch.finfo(w.dtype).tiny)
+    return (w[..., None, None, None] * maps).sum(1) / total[:, None, None, None]
+
+
+def hierarchical_masked_image(x0: Tensor, maps: list[Tensor] | Tensor) -> Tensor:
+    """``X_i = (1 - N(sum_{j<=i} M_j)) * X_0`` (papers/001 Eq. 2)."""
+    total = torch.stack(list(maps), 0).sum(0) if isinstance(maps, list | tuple) else maps
+    return (1.0 - normalize(total)) * x0
+
+
+def dm_combine_threshold(mc: Tensor, threshold: Threshold) -> tuple[Tensor, Tensor, Tensor]:
+    """``M_b = N((M_c - gamma) * {M_c >= gamma})`` (papers/001 Eq. 10, papers/000 Alg. 1 l.35-36).
+
+    Returns ``(M_b, binary {M_c >= gamma}, gamma [B])``.
+    """
+    gamma = threshold.gamma(mc)
+    keep = mc >= gamma
+    return normalize((mc - gamma) * keep), keep, gamma.flatten()
+
+
+def mdm_combine_threshold(mf_sum: Tensor, threshold: Threshold) -> tuple[Tensor, Tensor, Tensor]:
+    """``M^h = N({sum g(d_i) >= gamma} * sum g(d_i))``, ``M^b = {sum >= gamma}`` (papers/002 Eq. 2).
+
+    Returns ``(M^h, M^b, gamma [B])``.
+    """
+    gamma = threshold.gamma(mf_sum)
+    keep = mf_sum >= gamma
+    return normalize(mf_sum * keep), keep, gamma.flatten()
+
+
+def levels(height: int, width: int, a: int, b: int, t: int) -> int:
+    """Number of auxiliary levels ``K_j^i`` for a vector of size ``a x b`` and factor ``t``.
+
+    ``K = min(floor((ln H - ln a) / ln t), floor((ln W - ln b) / ln t))`` (papers/001 §3.2),
+    evaluated in exact integer arithmetic (largest ``k`` with ``t^k a <= H`` and ``t^k b <= W``),
+    so exact powers such as ``7 * 2^5 = 224`` are not lost to floating-point rounding.
+    """
+    if t < 2:
+        raise ValueError(f"auxiliary factor t must be an integer >= 2, got {t!r}")
+    if a < 1 or b < 1:
+        raise ValueError(f"mask vector size must be positive, got {(a, b)!r}")
+    k = 0
+    while a * t ** (k + 1) <= height and b * t ** (k + 1) <= width:
+        k += 1
+    return k
+
+
+def levels_by_logs(height: int, width: int, a: int, b: int, t: int) -> int:
+    """The paper's formula in floating point, kept to cross-check :func:`levels` in tests."""
+    return min(
+        math.floor((math.log(height) - math.log(a)) / math.log(t)),
+        math.floor((math.log(width) - math.log(b)) / math.log(t)),
+    )
