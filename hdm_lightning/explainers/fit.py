@@ -27,6 +27,11 @@ from hdm_lightning.masks.ops import l1_mean, mix_maps, upsample
 from hdm_lightning.schedules.base import MaskVector, Stage
 
 
+def loss_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Losses are kept in at least float32; float64 models keep float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 class _Ticks(IterableDataset):
     """An endless stream of dummy batches: the data is the module's own images."""
 
@@ -72,7 +77,9 @@ class _FrozenClassifierFit(L.LightningModule):
     def _forward_rows(self, x: Tensor, targets: Tensor | None) -> Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.selector(x, targets).float()
+        act = self.selector(x, targets)
+        # Losses in at least float32 (bf16/fp16 autocast outputs are promoted), float64 stays float64.
+        return act.float() if act.dtype in (torch.float16, torch.bfloat16) else act
 
     def _log_loss(self, loss: Tensor) -> None:
         if self._logging and self._step % self.log_every == 0:
@@ -121,18 +128,21 @@ class MaskStageModule(_FrozenClassifierFit):
         self.masks = nn.ParameterList([nn.Parameter(v.detach().clone()) for v in init])
         self.register_buffer("images", images, persistent=False)
         self.guides = guides
-        self.register_buffer("reference", reference.detach().float(), persistent=False)
+        dtype = loss_dtype(images.dtype)
+        self.register_buffer("reference", reference.detach().to(dtype), persistent=False)
         self.upsample_mode = upsample_mode
         self.early = early_stop
         n, b = len(self.vectors), images.shape[0]
-        self.register_buffer("history", torch.zeros(self.steps, n, b, device=images.device), persistent=False)
+        self.register_buffer(
+            "history", torch.zeros(self.steps, n, b, device=images.device, dtype=dtype), persistent=False
+        )
         self.passes = 0
         self._chunks = self._plan_chunks(n, b, max_rows)
         dev = images.device
-        self._wc = torch.tensor([v.consistency_weight for v in self.vectors], device=dev)
-        self._wr = torch.tensor([v.reg_weight for v in self.vectors], device=dev)
+        self._wc = torch.tensor([v.consistency_weight for v in self.vectors], device=dev, dtype=dtype)
+        self._wr = torch.tensor([v.reg_weight for v in self.vectors], device=dev, dtype=dtype)
         if self.early is not None:
-            self._best = torch.full((n, b), float("inf"), device=dev)
+            self._best = torch.full((n, b), float("inf"), device=dev, dtype=dtype)
             self._since = torch.zeros((n, b), dtype=torch.long, device=dev)
             self._active = torch.ones((n, b), dtype=torch.bool, device=dev)
             self._frozen = [p.detach().clone() for p in self.masks]
@@ -176,7 +186,7 @@ class MaskStageModule(_FrozenClassifierFit):
         targets = self.selector.targets[b0:b1].repeat(v1 - v0) if self.selector.fn is None else None
         act = self._forward_rows(x, targets).view(v1 - v0, b1 - b0)
         j = (act - self.reference[v0:v1, b0:b1]) ** 2
-        return self._wc[v0:v1, None] * j + self._wr[v0:v1, None] * torch.stack(regs).float()
+        return self._wc[v0:v1, None] * j + self._wr[v0:v1, None] * torch.stack(regs).to(j.dtype)
 
     def training_step(self, batch, batch_idx):  # noqa: D102
         opt = self.optimizers()
@@ -255,8 +265,11 @@ class MixingModule(_FrozenClassifierFit):
         self.v = nn.Parameter(torch.ones(b, s, device=images.device, dtype=maps.dtype))
         self.register_buffer("images", images, persistent=False)
         self.register_buffer("maps", maps, persistent=False)
-        self.register_buffer("reference", reference.detach().float(), persistent=False)
-        self.register_buffer("history", torch.zeros(self.steps, 1, b, device=images.device), persistent=False)
+        dtype = loss_dtype(images.dtype)
+        self.register_buffer("reference", reference.detach().to(dtype), persistent=False)
+        self.register_buffer(
+            "history", torch.zeros(self.steps, 1, b, device=images.device, dtype=dtype), persistent=False
+        )
         self.lr, self.lam = float(lr), float(lam)
         self.passes = 0
 
@@ -273,7 +286,7 @@ class MixingModule(_FrozenClassifierFit):
         mh = self.mixed()
         targets = self.selector.targets if self.selector.fn is None else None
         act = self._forward_rows(mh * self.images, targets)
-        losses = (act - self.reference) ** 2 + self.lam * l1_mean(mh)[:, 0].float()
+        losses = (act - self.reference) ** 2 + self.lam * l1_mean(mh)[:, 0].to(act.dtype)
         self.manual_backward(losses.sum())
         opt.step()
         self.history[self._step, 0] = losses.detach()

@@ -1,0 +1,99 @@
+"""The batched engine equals the one-vector-at-a-time reference (tests/reference.py)."""
+
+import pytest
+import torch
+from models import tiny_cnn
+from reference import reference_dm, reference_hdm, reference_mdm
+
+import hdm_lightning as hl
+
+DM = {"sizes": [3, 4], "factors": [2, 3], "epochs": 12, "lr": 0.05, "eta": 0.02}
+TOL = 1e-10  # float64 throughout: only summation-order round-off may differ
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert sorted(a) == sorted(b)
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"aux_reference": "previous"},
+        {"upsample": "nearest", "threshold": {"kind": "quantile", "value": 0.7}},
+        {"engine": {"max_rows": 3}},  # chunked rows, gradients accumulated
+    ],
+    ids=["default", "aux-previous", "nearest-q70", "chunked"],
+)
+def test_dm_batched_equals_reference(images, extra):
+    model = tiny_cnn()
+    ref = reference_dm(
+        model,
+        images,
+        **DM,
+        upsample=extra.get("upsample", "bilinear"),
+        threshold=tuple(extra.get("threshold", {"kind": "quantile", "value": 0.5}).values()),
+        aux_reference=extra.get("aux_reference", "original"),
+    )
+    out = hl.explain(model, images, "dm", config={"schedule": {"params": DM}, **extra})
+    vectors = out.stages[0].vectors
+    assert _max_diff(vectors, ref["vectors"]) < TOL
+    assert torch.allclose(out.saliency, ref["saliency"], atol=TOL, rtol=0)
+    assert torch.equal(out.binary, ref["binary"])
+    # the test is not vacuous: trained vectors vary in space and differ from the initial 0.5
+    assert all(v.std() > 0.05 for v in vectors.values())
+
+
+def test_mdm_batched_equals_reference(images):
+    model = tiny_cnn()
+    params = {"sizes": [3, 5, [4, 6]], "steps": 15, "lr": 0.05, "consistency_weight": 1.0, "reg_weight": 0.05}
+    ref = reference_mdm(model, images, **params, threshold=("value", 1.0))
+    out = hl.explain(
+        model, images, "mdm", config={"schedule": {"params": params}, "threshold": {"kind": "value", "value": 1.0}}
+    )
+    assert _max_diff(out.stages[0].vectors, ref["vectors"]) < TOL
+    assert torch.allclose(out.saliency, ref["saliency"], atol=TOL, rtol=0)
+    assert all(v.std() > 0.05 for v in out.stages[0].vectors.values())
+
+
+def test_hdm_batched_equals_reference(images):
+    model = tiny_cnn()
+    dm = {"sizes": [3, 4], "factors": [2], "epochs": 10, "lr": 0.05, "eta": 0.02}
+    ref = reference_hdm(model, images, stages=2, dm_kwargs=dm, mix_epochs=15, mix_lr=0.1, lam=1e-4)
+    out = hl.explain(
+        model,
+        images,
+        "hdm",
+        config={"schedule": {"params": dm}, "stages": 2, "mixing": {"epochs": 15, "lr": 0.1, "lam": 1e-4}},
+    )
+    assert torch.allclose(torch.stack([s.saliency for s in out.stages], 1), ref["maps"], atol=TOL, rtol=0)
+    assert torch.allclose(torch.stack([s.masked for s in out.stages], 1), ref["masked"], atol=TOL, rtol=0)
+    assert torch.allclose(out.mixing_v, ref["v"], atol=TOL, rtol=0)
+    assert torch.allclose(out.weights, ref["weights"], atol=TOL, rtol=0)
+    assert torch.allclose(out.saliency, ref["saliency"], atol=TOL, rtol=0)
+    assert (out.mixing_v - 1).abs().max() > 1e-3  # the mixing really trained
+
+
+def test_early_stop_rows_stop_independently(images):
+    model = tiny_cnn()
+    early = {"min_steps": 5, "patience": 3, "min_delta": 1e-3}
+    params = {"sizes": [3, 4], "factors": [2], "epochs": 40, "lr": 0.05, "eta": 0.02}
+    ref = reference_dm(model, images, **params, early=early)
+    out = hl.explain(
+        model, images, "dm", config={"schedule": {"params": params}, "early_stop": {"enabled": True, **early}}
+    )
+    assert _max_diff(out.stages[0].vectors, ref["vectors"]) < TOL
+    assert torch.allclose(out.saliency, ref["saliency"], atol=TOL, rtol=0)
+    full = reference_dm(model, images, **params)  # without early stop the vectors end elsewhere
+    assert _max_diff(full["vectors"], ref["vectors"]) > 1e-3
+
+
+def test_float32_within_tolerance():
+    model = tiny_cnn(dtype=torch.float32)
+    torch.manual_seed(3)
+    x = torch.randn(3, 3, 24, 24)
+    params = {"sizes": [3, 4], "factors": [2], "epochs": 8, "lr": 0.05, "eta": 0.02}
+    ref = reference_dm(model, x, **params)
+    out = hl.explain(model, x, "dm", config={"schedule": {"params": params}})
+    assert _max_diff(out.stages[0].vectors, ref["vectors"]) < 1e-3
