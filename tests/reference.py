@@ -277,7 +277,7 @@ def reference_hdm(model, images, stages, dm_kwargs, mix_epochs, mix_lr, lam, tar
         opt = torch.optim.Adam([v], lr=mix_lr)
         stacked = torch.cat(maps)  # [S, 1, H, W]
 
-        def mix(v):
+        def mix(v, stacked=stacked):
             w = torch.stack([(v[j:] ** 2).sum() for j in range(stages)])  # w_j = sum_{k>=j} v_k^2
             return (w[:, None, None, None] * stacked).sum(0, keepdim=True) / w.sum(), w
 
