@@ -130,8 +130,9 @@ def method_config(method: str, overrides: Any = None) -> DictConfig:
     elif not isinstance(overrides, DictConfig):
         overrides = OmegaConf.structured(overrides) if hasattr(overrides, "__dataclass_fields__") else overrides
         overrides = OmegaConf.create(overrides)
-    overrides = overrides.copy()
-    named = overrides.pop("method", None) if isinstance(overrides, DictConfig) else None
+    # A plain (unstructured) copy, so a merged preset can be merged again and 'method' dropped.
+    overrides = OmegaConf.create(OmegaConf.to_container(overrides))
+    named = overrides.pop("method", None)
     if named is not None and named != method:
         raise ValueError(f"this config is for method {named!r}, not {method!r}: pass method={named!r}")
     try:

@@ -7,7 +7,6 @@ Notation follows ``SPEC.md`` (papers/001 §3, papers/000 Algorithms 1-2, papers/
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -143,11 +142,3 @@ def levels(height: int, width: int, a: int, b: int, t: int) -> int:
     while a * t ** (k + 1) <= height and b * t ** (k + 1) <= width:
         k += 1
     return k
-
-
-def levels_by_logs(height: int, width: int, a: int, b: int, t: int) -> int:
-    """The paper's formula in floating point, kept to cross-check :func:`levels` in tests."""
-    return min(
-        math.floor((math.log(height) - math.log(a)) / math.log(t)),
-        math.floor((math.log(width) - math.log(b)) / math.log(t)),
-    )

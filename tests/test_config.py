@@ -1,0 +1,60 @@
+from pathlib import Path
+
+import pytest
+
+import hdm_lightning as hl
+from hdm_lightning.config import load_preset, method_config
+
+PRESETS = sorted((Path(__file__).parents[1] / "configs" / "methods").glob("*.yaml"))
+
+
+def test_defaults_are_the_paper_settings():
+    cfg = method_config("hdm")
+    assert cfg.stages == 3 and cfg.mixing.epochs == 400 and cfg.mixing.lr == 0.1 and cfg.mixing.lam == 1e-4
+    sched = hl.build_schedule(cfg.schedule.name, dict(cfg.schedule.params))
+    assert sched.sizes == [(a, a) for a in range(6, 12)] and sched.factors == [2, 3, 5]
+    assert sched.epochs == 800 and sched.lr == 1e-2 and sched.eta == 100
+    mdm = method_config("mdm")
+    assert mdm.threshold.kind == "value" and mdm.threshold.value == 5
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=[p.stem for p in PRESETS])
+def test_every_preset_loads_and_builds(path):
+    method, cfg = load_preset(path)
+    explainer = hl.build_explainer(method, cfg)
+    assert explainer.schedule.passes_per_image(224, 224) > 0
+
+
+def test_presets_hold_the_papers_numbers():
+    _, cub = load_preset(PRESETS[[p.stem for p in PRESETS].index("hdm_cub")])
+    assert dict(cub.schedule.params) == {
+        "sizes": [6, 7, 8, 9, 10, 11],
+        "factors": [2, 3, 5],
+        "epochs": 800,
+        "lr": 0.01,
+        "eta": 100.0,
+    }
+    _, pm = load_preset(PRESETS[[p.stem for p in PRESETS].index("hdm_ichallenge")])
+    assert pm.stages == 1 and list(pm.schedule.params.factors) == [2, 3] and pm.threshold.value == 0.7
+    _, mdm = load_preset(PRESETS[[p.stem for p in PRESETS].index("mdm_cub")])
+    assert len(mdm.schedule.params.sizes) == 27 and mdm.schedule.params.steps == 2000
+
+
+def test_unknown_key_and_bad_type_are_named():
+    with pytest.raises(ValueError, match="'stagez'"):
+        method_config("hdm", {"stagez": 2})
+    with pytest.raises(ValueError, match="'mixing.epochs'"):
+        method_config("hdm", {"mixing": {"epochs": "many"}})
+    with pytest.raises(ValueError, match="for method 'mdm', not 'hdm'"):
+        method_config("hdm", {"method": "mdm"})
+    with pytest.raises(ValueError, match="does not exist"):
+        method_config("dm", "no/such/preset.yaml")
+    with pytest.raises(ValueError, match="aux_reference must be one of"):
+        hl.build_explainer("dm", {"aux_reference": "last"}).explain(*_tiny())
+
+
+def _tiny():
+    import torch
+    from models import tiny_cnn
+
+    return tiny_cnn(), torch.zeros(1, 3, 8, 8, dtype=torch.float64)
