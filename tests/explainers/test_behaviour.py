@@ -186,3 +186,17 @@ def test_bad_model_and_targets_rejected(images):
         hl.explain(tiny_cnn(), images, "dm", target=lambda m, x: m(x), config=_tiny_cfg("dm"))
     with pytest.raises(KeyError, match="Unknown explainer 'gradcam'. Available"):
         hl.explain(tiny_cnn(), images, "gradcam")
+
+
+def test_channels_last_and_bf16_engine_options():
+    model = tiny_cnn(dtype=torch.float32)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 24, 24)
+    cfg = {"schedule": {"params": {"sizes": [3, 4], "factors": [2], "epochs": 10, "lr": 0.05, "eta": 0.02}}}
+    base = hl.explain(model, x, "dm", config=cfg)
+    cl = hl.explain(model, x, "dm", config={**cfg, "engine": {"channels_last": True}})
+    assert torch.allclose(cl.saliency, base.saliency, atol=1e-5)
+    assert model[0].weight.is_contiguous()  # the model's memory format is restored
+    bf = hl.explain(model, x, "dm", config={**cfg, "engine": {"precision": "bf16-mixed"}})
+    assert bf.saliency.dtype == torch.float32 and bf.stages[0].history["benchmark"].dtype == torch.float32
+    assert (bf.stages[0].combined - base.stages[0].combined).abs().max() < 0.05
