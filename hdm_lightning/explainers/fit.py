@@ -146,7 +146,6 @@ class MaskStageModule(_FrozenClassifierFit):
             self._since = torch.zeros((n, b), dtype=torch.long, device=dev)
             self._active = torch.ones((n, b), dtype=torch.bool, device=dev)
             self._frozen = [p.detach().clone() for p in self.masks]
-            self.stopped_at = torch.full((n, b), self.steps, dtype=torch.long, device=dev)
 
     @staticmethod
     def _plan_chunks(n: int, b: int, max_rows: int | None) -> list[tuple[int, int, int, int]]:
@@ -219,7 +218,6 @@ class MaskStageModule(_FrozenClassifierFit):
             p.copy_(torch.where(keep, p, self._frozen[i]))
         if step + 1 >= self.early.min_steps:
             newly = self._active & (self._since >= self.early.patience)
-            self.stopped_at = torch.where(newly, torch.full_like(self.stopped_at, step + 1), self.stopped_at)
             for i, p in enumerate(self.masks):
                 self._frozen[i] = torch.where(newly[i].view(-1, 1, 1, 1), p, self._frozen[i])
             self._active = self._active & ~newly
