@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/models.py, tests/reference.py
+sys.path.insert(0, str(Path(__file__).parent))  # tests/toy_models.py, tests/reference.py
 
 
 @pytest.fixture

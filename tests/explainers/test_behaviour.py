@@ -3,8 +3,8 @@
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
-from models import RegionNet, box_mask, tiny_cnn
 from torch import nn
+from toy_models import RegionNet, box_mask, tiny_cnn
 
 import hdm_lightning as hl
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from models import tiny_cnn
 from reference import reference_dm, reference_hdm, reference_mdm
+from toy_models import tiny_cnn
 
 import hdm_lightning as hl
 

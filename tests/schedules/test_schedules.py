@@ -1,6 +1,6 @@
 import pytest
 import torch
-from models import tiny_cnn
+from toy_models import tiny_cnn
 
 import hdm_lightning as hl
 from hdm_lightning.schedules import DMSchedule, MaskSchedule, MaskVector, MDMSchedule, Stage, validate_plan
