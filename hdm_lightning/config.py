@@ -149,3 +149,55 @@ def load_preset(path: str | Path) -> tuple[str, DictConfig]:
     if method is None:
         raise ValueError(f"preset {str(path)!r} has no 'method:' key (one of {sorted(METHOD_CONFIGS)})")
     return method, method_config(method, raw)
+
+
+# ------------------------------------------------------------------------------------- explain runs
+
+
+@dataclass
+class DataConfig:
+    """Which images to explain (``hdm_lightning.data``).
+
+    ``kind``: ``photos`` (real photos shipped with scikit-image / scikit-learn), ``folder`` (an image
+    folder: class sub-folders, or flat), ``cub`` (CUB-200-2011 official layout), ``pairs`` (image +
+    mask pairs, iChallenge-PM style).
+    """
+
+    kind: str = "photos"
+    root: str | None = None  # dataset folder (folder, cub, pairs)
+    split: str = "test"  # cub: test | train | all (train_test_split.txt)
+    photos: list[str] = field(default_factory=lambda: ["chelsea", "coffee", "rocket"])  # kind: photos
+    images_dir: str = "images"  # pairs: sub-folder holding the images
+    masks_dir: str = "masks"  # pairs: sub-folder holding the masks (same file stem)
+    ids: list[str] | None = None  # explain only these item ids (in dataset order)
+    limit: int | None = None  # explain only the first N items (after `ids`)
+
+
+@dataclass
+class PreprocessConfig:
+    """Overrides of the classifier's own preprocessing (``None`` keeps the classifier's value)."""
+
+    size: int | None = None
+    resize: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    interpolation: str | None = None  # bicubic | bilinear
+
+
+@dataclass
+class ClassifierConfig:
+    """The classifier to explain (``hdm_lightning.models``).
+
+    ``name``: ``bundled_efficientnet_lite0`` (ImageNet-pretrained, ships with the package's
+    dependencies), a torchvision model name (``resnet50``), or ``timm/<name>``. ``checkpoint``: a file
+    written by ``train_classifier.py`` (it names its backbone, classes and preprocessing). ``weights``:
+    a torchvision weight enum (``ResNet50_Weights.IMAGENET1K_V2``), used when its file is already in the
+    torch hub cache. ``num_classes``: the head size for a randomly initialised model (neither
+    checkpoint nor weights; smoke tests only).
+    """
+
+    name: str = "bundled_efficientnet_lite0"
+    checkpoint: str | None = None
+    weights: str | None = None
+    num_classes: int | None = None
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)

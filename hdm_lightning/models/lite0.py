@@ -19,13 +19,11 @@ sampling grid of every stride-2 conv by one pixel: at 224 its logits differ from
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import torch
-from PIL import Image
 from torch import Tensor, nn
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
+
+from hdm_lightning.models.preprocess import Preprocess
 
 __all__ = ["IMAGENET_CLASSES", "Preprocess", "load_efficientnet_lite0", "remap_lite0_keys"]
 
@@ -44,55 +42,6 @@ def _imagenet_classes() -> tuple[str, ...]:
 
 IMAGENET_CLASSES: tuple[str, ...] = _imagenet_classes()
 """ImageNet-1k class names, ``IMAGENET_CLASSES[i]`` for logit ``i`` (e.g. 281 ``'tabby'``)."""
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """Evaluation preprocessing for the Lite0 classifier: PIL image -> normalised ``[3, size, size]`` tensor.
-
-    Resize the short side to ``resize`` (bicubic, antialiased, as timm's ``tf_efficientnet_lite0`` config), centre
-    crop ``size``, scale to [0, 1], then ``(x - mean) / std``. The EfficientNet-Lite models were trained on inputs in
-    [-1, 1] (TF: ``(x - 127) / 128``), hence mean = std = 0.5 rather than the usual ImageNet statistics.
-
-    Attributes:
-        size: side of the square centre crop fed to the network.
-        resize: short side after resizing, before the crop.
-        mean: per-channel mean subtracted from the [0, 1] pixels.
-        std: per-channel divisor.
-    """
-
-    size: int = 224
-    resize: int = 256
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-
-    def __call__(self, image: Image.Image) -> Tensor:
-        """Preprocess one image.
-
-        Args:
-            image: a PIL image in any mode (converted to RGB).
-
-        Returns:
-            Float32 tensor ``[3, size, size]``, normalised with ``mean`` and ``std``.
-        """
-        image = image.convert("RGB")
-        image = TF.resize(image, [self.resize], interpolation=InterpolationMode.BICUBIC, antialias=True)
-        image = TF.center_crop(image, [self.size, self.size])
-        x = TF.to_dtype(TF.to_image(image), torch.float32, scale=True)
-        return TF.normalize(x, list(self.mean), list(self.std))
-
-    def denormalize(self, t: Tensor) -> Tensor:
-        """Undo the normalisation, for display.
-
-        Args:
-            t: normalised images, ``[3, H, W]`` or ``[B, 3, H, W]``.
-
-        Returns:
-            Same shape, ``t * std + mean`` clamped to [0, 1].
-        """
-        mean = torch.as_tensor(self.mean, dtype=t.dtype, device=t.device).view(3, 1, 1)
-        std = torch.as_tensor(self.std, dtype=t.dtype, device=t.device).view(3, 1, 1)
-        return (t * std + mean).clamp(0.0, 1.0)
 
 
 # Per-block module renames, source (efficientnet_lite_pytorch MBConvBlock) -> timm. A block without an expansion conv
