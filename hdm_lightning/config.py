@@ -59,6 +59,8 @@ class EngineConfig:
     seed: int = 0
     progress_bar: bool = False
     log_every_n_steps: int = 50
+    checkpoint_every_n_steps: int | None = None  # with a work folder: save the fit in flight every N steps
+    checkpoint_every_n_seconds: float | None = 60.0  # ... and/or every this many seconds
 
 
 @dataclass

@@ -8,8 +8,6 @@ a JET overlay, the HDM stage strip (papers/001 Fig. 5), the binary mask and the 
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,24 +15,12 @@ import torch
 
 from hdm_lightning.config import load_preset
 from hdm_lightning.explainers import build_explainer
+from hdm_lightning.io import atomic_torch_save
 from hdm_lightning.viz import overlay, save_png, stage_strip
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PRESET = REPO / "configs" / "methods" / "hdm_fast.yaml"
 DEFAULT_PHOTOS = ("chelsea", "coffee", "rocket")
-
-
-def save_tensors(obj: dict, path: Path) -> None:
-    """``torch.save`` to a temporary name, then rename (no partial file on interruption)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         save_png(out.binary[i, 0].float(), args.out / f"{name}_binary.png")
         maps = [s.saliency[i] for s in out.stages] + ([out.saliency[i]] if method == "hdm" else [])
         save_png(stage_strip(rgb, maps), args.out / f"{name}_stages.png")
-        save_tensors(
+        atomic_torch_save(
             {
                 "saliency": out.saliency[i],
                 "binary": out.binary[i],

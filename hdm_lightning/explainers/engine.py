@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from hdm_lightning.explainers.fit import EarlyStop, MaskStageModule, run_fit
+from hdm_lightning.callbacks.checkpoint import MaskCheckpoint, WorkStore
+from hdm_lightning.explainers.fit import EarlyStop, MaskStageModule, _FrozenClassifierFit, run_fit
 from hdm_lightning.masks.ops import upsample
 from hdm_lightning.schedules.base import MaskSchedule, Stage, validate_plan
 
@@ -27,6 +28,21 @@ class FitSettings:
     log_every: int = 50
     logger: object = None
     callbacks: list = field(default_factory=list)
+    store: WorkStore | None = None  # mid-stage checkpoints of this batch (None: nothing saved)
+    checkpoint_every_n_steps: int | None = None
+    checkpoint_every_n_seconds: float | None = 60.0
+
+
+def fit_resumable(module: _FrozenClassifierFit, key: str, settings: FitSettings) -> None:
+    """``run_fit`` that continues from the store's in-flight state of ``key`` and checkpoints as it goes."""
+    callbacks = list(settings.callbacks)
+    if settings.store is not None:
+        state = settings.store.load_partial(key)
+        if state is not None:
+            module.load_work_state(state)
+        every_steps, every_s = settings.checkpoint_every_n_steps, settings.checkpoint_every_n_seconds
+        callbacks.append(MaskCheckpoint(settings.store, key, every_steps, every_s))
+    run_fit(module, settings.device, settings.precision, settings.logger, callbacks, settings.progress_bar)
 
 
 @dataclass
@@ -110,6 +126,15 @@ def train_schedule(
     passes = 0
     need_final = aux_reference == "previous"
     for stage in plan:
+        key = f"{prefix}/{stage.name}"
+        done = settings.store.load_finished(key) if settings.store is not None else None
+        if done is not None:  # finished before an interruption: reuse, do not retrain
+            trained.update(done["vectors"])
+            final_act.update(done["final_act"])
+            history[stage.name] = done["history"]
+            names[stage.name] = [v.name for v in stage.vectors]
+            passes += int(done["passes"])
+            continue
         init, guides, refs = [], [], []
         for v in stage.vectors:
             a, bb = v.size
@@ -135,16 +160,20 @@ def train_schedule(
             log_every=settings.log_every,
             channels_last=settings.channels_last,
         )
-        run_fit(module, settings.device, settings.precision, settings.logger, settings.callbacks, settings.progress_bar)
+        fit_resumable(module, key, settings)
         passes += module.passes
-        for v, p in zip(stage.vectors, module.masks, strict=True):
-            trained[v.name] = p.detach().clone()
+        vectors = {v.name: p.detach().clone() for v, p in zip(stage.vectors, module.masks, strict=True)}
+        trained.update(vectors)
+        acts = {}
         if need_final:
-            acts = module.final_activations()
-            for i, v in enumerate(stage.vectors):
-                final_act[v.name] = acts[i]
+            out = module.final_activations()
+            acts = {v.name: out[i] for i, v in enumerate(stage.vectors)}
+            final_act.update(acts)
         history[stage.name] = module.history.detach().clone()
         names[stage.name] = [v.name for v in stage.vectors]
+        if settings.store is not None:
+            state = {"vectors": vectors, "final_act": acts, "history": history[stage.name], "passes": module.passes}
+            settings.store.save_finished(key, state)
     return ScheduleOutcome(trained, history, names, plan, passes)
 
 

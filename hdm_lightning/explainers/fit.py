@@ -65,6 +65,64 @@ class _FrozenClassifierFit(L.LightningModule):
         self.log_every = max(int(log_every), 1)
         self.channels_last = channels_last
         self._step = 0
+        self._stopped_early = False
+        self._resume_optimizer: dict | None = None
+        self.in_step = False  # True while a training step runs: its state is not consistent then
+
+    # ---- resumable work state (mid-stage checkpoints) ------------------------------------------
+
+    @property
+    def remaining_steps(self) -> int:
+        """Optimiser steps still to run (all of them unless restored from a work state)."""
+        return self.steps - self._step
+
+    @property
+    def finished(self) -> bool:
+        """Whether every step ran (or every row stopped early): the stage's result is final."""
+        return self._step >= self.steps or self._stopped_early
+
+    def work_state(self) -> dict:
+        """Everything needed to continue this fit exactly where it is: step, parameters, Adam, history.
+
+        Plain tensors, numbers and dicts only, so it loads with ``torch.load(..., weights_only=True)``.
+        """
+        opt = self.trainer.optimizers[0] if self._trainer is not None and self.trainer.optimizers else None
+        return {
+            "step": self._step,
+            "stopped_early": self._stopped_early,
+            "passes": self.passes,
+            "params": [p.detach().clone() for p in self.parameters()],
+            "optimizer": None if opt is None else opt.state_dict(),
+            "history": self.history[: self._step].detach().clone(),
+            "extra": self._extra_state(),
+        }
+
+    @torch.no_grad()
+    def load_work_state(self, state: dict) -> None:
+        """Continue from :meth:`work_state` (call before the fit; Adam's state is restored when it starts)."""
+        params = list(self.parameters())
+        saved = state["params"]
+        if len(saved) != len(params) or any(a.shape != b.shape for a, b in zip(saved, params, strict=True)):
+            raise ValueError(f"work state of {self.prefix!r} does not fit this stage (different vectors or batch)")
+        for p, v in zip(params, saved, strict=True):
+            p.copy_(v)
+        self._step = int(state["step"])
+        self._stopped_early = bool(state["stopped_early"])
+        self.passes = int(state["passes"])
+        self.history[: self._step] = state["history"].to(self.history)
+        self._load_extra_state(state["extra"])
+        self._resume_optimizer = state["optimizer"]
+
+    def on_train_start(self) -> None:  # noqa: D102
+        if self._resume_optimizer is not None:
+            self.trainer.optimizers[0].load_state_dict(self._resume_optimizer)
+            self._resume_optimizer = None
+
+    def _extra_state(self) -> dict:
+        return {}
+
+    def _load_extra_state(self, extra: dict) -> None:
+        pass
 
     def train(self, mode: bool = True):  # noqa: D102 - the classifier never leaves eval mode
         super().train(mode)
@@ -188,6 +246,7 @@ class MaskStageModule(_FrozenClassifierFit):
         return self._wc[v0:v1, None] * j + self._wr[v0:v1, None] * torch.stack(regs).to(j.dtype)
 
     def training_step(self, batch, batch_idx):  # noqa: D102
+        self.in_step = True
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
         step = self._step
@@ -206,6 +265,17 @@ class MaskStageModule(_FrozenClassifierFit):
                 self._early_stop_update(step)
         self._log_loss(total / self.history[step].numel())
         self._step += 1
+        self.in_step = False
+
+    def _extra_state(self) -> dict:
+        if self.early is None:
+            return {}
+        return {"best": self._best, "since": self._since, "active": self._active, "frozen": list(self._frozen)}
+
+    def _load_extra_state(self, extra: dict) -> None:
+        if self.early is not None:
+            self._best, self._since, self._active = extra["best"], extra["since"], extra["active"]
+            self._frozen = list(extra["frozen"])
 
     def _early_stop_update(self, step: int) -> None:
         cur = self.history[step]
@@ -223,6 +293,7 @@ class MaskStageModule(_FrozenClassifierFit):
             self._active = self._active & ~newly
         if (step + 1) % self.check_every == 0 and not bool(self._active.any()):
             self.history[step + 1 :] = self.history[step]
+            self._stopped_early = True
             self.trainer.should_stop = True
 
     @torch.no_grad()
@@ -279,6 +350,7 @@ class MixingModule(_FrozenClassifierFit):
         return mix_maps(self.maps, self.v)
 
     def training_step(self, batch, batch_idx):  # noqa: D102
+        self.in_step = True
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
         mh = self.mixed()
@@ -291,6 +363,7 @@ class MixingModule(_FrozenClassifierFit):
         self.passes += mh.shape[0]
         self._log_loss(losses.detach().mean())
         self._step += 1
+        self.in_step = False
 
 
 @contextmanager
@@ -338,7 +411,7 @@ def run_fit(
     kwargs = dict(
         accelerator=accelerator,
         devices=devices,
-        max_steps=module.steps,
+        max_steps=module.remaining_steps,
         max_epochs=1,
         precision=precision,
         num_sanity_val_steps=0,
@@ -362,5 +435,13 @@ def run_fit(
             enable_model_summary=False,
             log_every_n_steps=module.log_every,
         )
+    if module.finished:  # restored from a work state saved after its last step
+        return
     with quiet_lightning():
         L.Trainer(**kwargs).fit(module)
+    if not module.finished:
+        # Only an interruption ends a fit early (a callback setting should_stop, a signal handler):
+        # its masks are not final, so nothing downstream may use them.
+        raise RuntimeError(
+            f"fit {module.prefix!r} stopped after {module._step} of {module.steps} steps; rerun to continue"
+        )

@@ -7,16 +7,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from hdm_lightning.callbacks.checkpoint import WorkStore
 from hdm_lightning.config import method_config
-from hdm_lightning.explainers.engine import FitSettings, combine, frozen, train_schedule
-from hdm_lightning.explainers.fit import EarlyStop, MixingModule, run_fit
+from hdm_lightning.explainers.engine import FitSettings, combine, fit_resumable, frozen, train_schedule
+from hdm_lightning.explainers.fit import EarlyStop, MixingModule
 from hdm_lightning.explainers.result import Explanation, StageResult
 from hdm_lightning.explainers.selectors import ActivationSelector, Target
 from hdm_lightning.masks.ops import (
@@ -74,9 +77,20 @@ class _Explainer:
         self.early = EarlyStop(es.min_steps, es.patience, es.min_delta) if es.enabled else None
 
     def explain(
-        self, model: nn.Module, images: Tensor, target: Target = None, logger=None, callbacks=None
+        self,
+        model: nn.Module,
+        images: Tensor,
+        target: Target = None,
+        logger=None,
+        callbacks=None,
+        work_dir: str | Path | None = None,
     ) -> Explanation:
-        """Explain ``model``'s decision on ``images`` (``[B, C, H, W]``, normalised as it expects)."""
+        """Explain ``model``'s decision on ``images`` (``[B, C, H, W]``, normalised as it expects).
+
+        With ``work_dir``, finished stage fits and the fit in flight are checkpointed there (see
+        :mod:`hdm_lightning.callbacks.checkpoint`); calling again with the same images, config and
+        ``work_dir`` after an interruption continues where it stopped and gives the same maps.
+        """
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_images(images)
@@ -92,6 +106,9 @@ class _Explainer:
             log_every=eng.log_every_n_steps,
             logger=logger,
             callbacks=list(callbacks or []),
+            store=None if work_dir is None else WorkStore(work_dir, self.fingerprint(model, images, target)),
+            checkpoint_every_n_steps=eng.checkpoint_every_n_steps,
+            checkpoint_every_n_seconds=eng.checkpoint_every_n_seconds,
         )
         start = time.perf_counter()
         devices = [device] if device.type == "cuda" else []
@@ -101,6 +118,19 @@ class _Explainer:
             out = self._explain(model, images, selector, settings)
         out.seconds = time.perf_counter() - start
         return out
+
+    def fingerprint(self, model: nn.Module, images: Tensor, target: Target) -> str:
+        """A digest of what determines the maps: config, images, target and the model's weights."""
+        h = hashlib.sha256()
+        h.update(OmegaConf.to_yaml(self.cfg).encode())
+        h.update(repr((tuple(images.shape), images.dtype, target if not callable(target) else "callable")).encode())
+        if isinstance(target, Tensor):
+            h.update(target.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(images.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        with torch.no_grad():  # weights summarised cheaply: shapes and float64 sums per tensor
+            for name, t in model.state_dict().items():
+                h.update(f"{name}{tuple(t.shape)}{t.double().sum().item() if t.numel() else 0.0!r}".encode())
+        return h.hexdigest()
 
     def _dm_run(self, model, selector, x: Tensor, settings: FitSettings, prefix: str) -> tuple[StageResult, int]:
         """One DM/MDM run ``Q(x)``: train the schedule on ``x`` against ``f_p(x)``."""
@@ -212,7 +242,7 @@ class HDMExplainer(_Explainer):
             log_every=settings.log_every,
             channels_last=settings.channels_last,
         )
-        run_fit(mix, settings.device, settings.precision, settings.logger, settings.callbacks, settings.progress_bar)
+        fit_resumable(mix, "mix", settings)
         passes += mix.passes
         history["mix"] = mix.history.detach().clone()
         with torch.no_grad():
@@ -248,6 +278,7 @@ def explain(
     config=None,
     logger=None,
     callbacks=None,
+    work_dir: str | Path | None = None,
 ) -> Explanation:
     """Explain ``model`` on ``images`` with HDM, DM or MDM.
 
@@ -261,8 +292,11 @@ def explain(
             (``configs/methods/*.yaml``).
         logger: optional Lightning logger (e.g. ``WandbLogger``) for the per-stage loss curves.
         callbacks: optional Lightning callbacks passed to every fit.
+        work_dir: optional folder for mid-stage checkpoints: an interrupted call repeated with the same
+            arguments continues where it stopped (same maps as an uninterrupted call).
 
     Returns:
         :class:`~hdm_lightning.explainers.result.Explanation` with tensors on the model's device.
     """
-    return build_explainer(method, config).explain(model, images, target, logger=logger, callbacks=callbacks)
+    explainer = build_explainer(method, config)
+    return explainer.explain(model, images, target, logger=logger, callbacks=callbacks, work_dir=work_dir)

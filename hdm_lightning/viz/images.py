@@ -6,13 +6,13 @@ here in three lines rather than pulling in matplotlib for one colormap.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from PIL import Image
 from torch import Tensor
+
+from hdm_lightning.io import atomic_path
 
 
 def jet(m: Tensor) -> Tensor:
@@ -41,15 +41,8 @@ def stage_strip(image: Tensor, maps: list[Tensor], gap: int = 4) -> Tensor:
 def save_png(rgb: Tensor, path: str | Path) -> Path:
     """Write ``[3, H, W]`` in [0, 1] (or ``[H, W]`` grey) as a PNG: temporary name, then rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arr = (rgb.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
     arr = arr.permute(1, 2, 0) if arr.dim() == 3 else arr
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         Image.fromarray(arr.numpy()).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
