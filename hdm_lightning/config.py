@@ -171,6 +171,7 @@ class DataConfig:
     photos: list[str] = field(default_factory=lambda: ["chelsea", "coffee", "rocket"])  # kind: photos
     images_dir: str = "images"  # pairs: sub-folder holding the images
     masks_dir: str = "masks"  # pairs: sub-folder holding the masks (same file stem)
+    masks_invert: bool = False  # pairs: true when the masks draw the foreground black on white
     ids: list[str] | None = None  # explain only these item ids (in dataset order)
     limit: int | None = None  # explain only the first N items (after `ids`)
 
@@ -203,3 +204,161 @@ class ClassifierConfig:
     weights: str | None = None
     num_classes: int | None = None
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+
+@dataclass
+class OutputConfig:
+    """Where results go and what is written per image."""
+
+    dir: str = "outputs/explain"  # the run folder: maps/, overlays/, binary/, stages/, records/, manifest.csv
+    resume: bool = True  # rerun = continue; false = move an existing run to <dir>/previous-<time>/ first
+    pictures: bool = True  # PNG overlay, binary mask and HDM stage strip per image
+    stage_maps: bool = True  # keep each DM/MDM stage's map and masked image in the .pt file
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases run (Lightning's WandbLogger): one run per invocation."""
+
+    mode: str = "offline"  # offline (sync later with `wandb sync`) | online | disabled
+    project: str = "hdm_lightning"
+    name: str | None = None  # run name; default: W&B's
+    dir: str | None = None  # where W&B writes its files; default: the run folder
+    tags: list[str] = field(default_factory=list)
+    max_images: int = 64  # overlays and stage strips sent to W&B over the run (they are all on disk)
+
+
+@dataclass
+class ExplainRunConfig:
+    """``python explain.py --config <yaml> [key=value ...]``: one explanation run over a dataset."""
+
+    imports: list[str] = field(default_factory=list)  # modules imported first (user schedules); runs their code
+    method: str = "hdm"  # a registered explainer: hdm | dm | mdm
+    preset: str | None = None  # method settings YAML (configs/methods/), relative to this config file
+    explainer: dict[str, Any] = field(default_factory=dict)  # overrides of the method settings
+    target: str = "predicted"  # explain the predicted class, or the dataset's 'label'
+    batch_size: int = 4  # images explained together (each becomes n_vectors rows of one batch)
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:1
+    progress: bool = True  # progress bar over images (and the stage in flight)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+class ConfigError(ValueError):
+    """A config file, key, value or override that cannot be used; the message names it and the fix."""
+
+
+TARGETS = ("predicted", "label")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def _config_error(e: OmegaConfBaseException, where: str) -> ConfigError:
+    key = getattr(e, "full_key", None) or getattr(e, "key", None)
+    msg = str(e).splitlines()[0]
+    if key:
+        return ConfigError(f"{where}: bad config key {key!r}: {msg}")
+    return ConfigError(f"{where}: {msg}")
+
+
+def parse_overrides(overrides: list[str]) -> DictConfig:
+    """``["a.b=1", "c=[x,y]"]`` -> a DictConfig; a malformed item is a :class:`ConfigError` that shows the form."""
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if "=" not in item or not key or key != key.strip() or " " in key:
+            raise ConfigError(
+                f"malformed override {item!r}: write key=value with a dotted key, e.g. batch_size=2 or "
+                "data.root=/path/to/CUB_200_2011"
+            )
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"malformed override in {list(overrides)}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # the YAML value parser
+        raise ConfigError(f"malformed override value in {list(overrides)}: {e}") from None
+
+
+def run_imports(modules: list[str]) -> None:
+    """Import the config's ``imports:`` (user plugins registering schedules). This runs their code."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(
+                f"cannot import {name!r} listed in imports: {e}. Put the module on PYTHONPATH (or install it) and "
+                "check the spelling"
+            ) from None
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> tuple[DictConfig, DictConfig]:
+    """Load an explain-run config: schema <- YAML <- ``key=value`` overrides; imports; method settings.
+
+    Args:
+        path: the YAML file (``None``: the schema defaults, i.e. the demo).
+        overrides: command-line ``key=value`` items (OmegaConf dotlist syntax).
+
+    Returns:
+        ``(run, method_settings)``: the run config (``explainer`` resolved to the full method settings,
+        ``preset`` made absolute) and the method settings as a structured config.
+
+    Raises:
+        ConfigError: missing or unparsable file, unknown key, wrong type, malformed override, unknown
+            method, bad value, or an import that fails.
+    """
+    cfg = OmegaConf.structured(ExplainRunConfig)
+    folder = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found: pass --config configs/<name>.yaml")
+        try:
+            layer = OmegaConf.load(path)
+        except Exception as e:
+            raise ConfigError(f"cannot parse config file {str(path)!r}: {e}") from None
+        try:
+            cfg = OmegaConf.merge(cfg, layer)
+        except OmegaConfBaseException as e:
+            raise _config_error(e, str(path)) from None
+        folder = path.resolve().parent
+    try:
+        cfg = OmegaConf.merge(cfg, parse_overrides(list(overrides or [])))
+    except OmegaConfBaseException as e:
+        raise _config_error(e, "command-line override") from None
+    run_imports(list(cfg.imports))  # before the method/schedule names are looked up
+    from hdm_lightning.explainers import EXPLAINERS
+
+    if cfg.method not in EXPLAINERS:
+        raise ConfigError(f"unknown method {cfg.method!r}: use one of {EXPLAINERS.names()}")
+    if cfg.target not in TARGETS:
+        raise ConfigError(f"target must be one of {list(TARGETS)}, got {cfg.target!r}")
+    if cfg.wandb.mode not in WANDB_MODES:
+        raise ConfigError(f"wandb.mode must be one of {list(WANDB_MODES)}, got {cfg.wandb.mode!r}")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size!r}")
+    settings = method_config(cfg.method)
+    if cfg.preset is not None:
+        preset = Path(cfg.preset)
+        candidates = [preset] if preset.is_absolute() else [folder / preset, Path.cwd() / preset]
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            raise ConfigError(f"preset {cfg.preset!r} not found (looked in {[str(p) for p in candidates]})")
+        cfg.preset = str(found.resolve())
+        try:
+            settings = method_config(cfg.method, found)
+        except ValueError as e:
+            raise ConfigError(f"preset {str(found)!r}: {e}") from None
+    try:
+        schema = OmegaConf.structured(METHOD_CONFIGS[cfg.method])
+        settings = OmegaConf.merge(schema, OmegaConf.to_container(settings), OmegaConf.to_container(cfg.explainer))
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        raise ConfigError(f"bad config key 'explainer.{key}': {str(e).splitlines()[0]}") from None
+    cfg.explainer = OmegaConf.to_container(settings)
+    try:  # schedule name and parameters, thresholds, ...: checked now, before any data or model is loaded
+        EXPLAINERS.get(cfg.method)(settings)
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"explainer settings: {e.args[0] if isinstance(e, KeyError) else e}") from None
+    return cfg, settings

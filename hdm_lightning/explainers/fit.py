@@ -140,8 +140,12 @@ class _FrozenClassifierFit(L.LightningModule):
         return act.float() if act.dtype in (torch.float16, torch.bfloat16) else act
 
     def _log_loss(self, loss: Tensor) -> None:
-        if self._logging and self._step % self.log_every == 0:
-            self.log(f"{self.prefix}/loss", loss, on_step=True, prog_bar=False)
+        # Straight to the loggers at this fit's own step (not ``self.log``): Lightning's step count and
+        # flush schedule restart with every Trainer, including one that continues a checkpointed fit.
+        if self._logging and (self._step % self.log_every == 0 or self._step + 1 == self.steps):
+            value = float(loss)
+            for logger in self.trainer.loggers:
+                logger.log_metrics({f"{self.prefix}/loss": value}, step=self._step)
 
     @property
     def _logging(self) -> bool:
