@@ -157,21 +157,32 @@ def load_preset(path: str | Path) -> tuple[str, DictConfig]:
 
 
 @dataclass
+class SyntheticConfig:
+    """The synthetic shapes dataset (``data.kind: synthetic``): ground-truth masks by construction."""
+
+    num_images: int = 512  # images in the split
+    size: int = 64  # image side in pixels
+    seed: int = 0  # the dataset is a pure function of (seed, split, index)
+    cache_dir: str | None = None  # optional folder caching the generated images as PNG
+
+
+@dataclass
 class DataConfig:
     """Which images to explain (``hdm_lightning.data``).
 
     ``kind``: ``photos`` (real photos shipped with scikit-image / scikit-learn), ``folder`` (an image
     folder: class sub-folders, or flat), ``cub`` (CUB-200-2011 official layout), ``pairs`` (image +
-    mask pairs, iChallenge-PM style).
+    mask pairs, iChallenge-PM style), ``synthetic`` (generated shapes with ground-truth masks).
     """
 
     kind: str = "photos"
     root: str | None = None  # dataset folder (folder, cub, pairs)
-    split: str = "test"  # cub: test | train | all (train_test_split.txt)
+    split: str = "test"  # cub: test | train | all (train_test_split.txt); synthetic: train | val | test
     photos: list[str] = field(default_factory=lambda: ["chelsea", "coffee", "rocket"])  # kind: photos
     images_dir: str = "images"  # pairs: sub-folder holding the images
     masks_dir: str = "masks"  # pairs: sub-folder holding the masks (same file stem)
     masks_invert: bool = False  # pairs: true when the masks draw the foreground black on white
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # kind: synthetic
     ids: list[str] | None = None  # explain only these item ids (in dataset order)
     limit: int | None = None  # explain only the first N items (after `ids`)
 
