@@ -319,34 +319,15 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
         ConfigError: missing or unparsable file, unknown key, wrong type, malformed override, unknown
             method, bad value, or an import that fails.
     """
-    cfg = OmegaConf.structured(ExplainRunConfig)
-    folder = Path.cwd()
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} not found: pass --config configs/<name>.yaml")
-        try:
-            layer = OmegaConf.load(path)
-        except Exception as e:
-            raise ConfigError(f"cannot parse config file {str(path)!r}: {e}") from None
-        try:
-            cfg = OmegaConf.merge(cfg, layer)
-        except OmegaConfBaseException as e:
-            raise _config_error(e, str(path)) from None
-        folder = path.resolve().parent
-    try:
-        cfg = OmegaConf.merge(cfg, parse_overrides(list(overrides or [])))
-    except OmegaConfBaseException as e:
-        raise _config_error(e, "command-line override") from None
+    cfg = _load_layers(ExplainRunConfig, path, overrides)
+    folder = Path(path).resolve().parent if path is not None else Path.cwd()
     run_imports(list(cfg.imports))  # before the method/schedule names are looked up
     from hdm_lightning.explainers import EXPLAINERS
 
     if cfg.method not in EXPLAINERS:
         raise ConfigError(f"unknown method {cfg.method!r}: use one of {EXPLAINERS.names()}")
-    if cfg.target not in TARGETS:
-        raise ConfigError(f"target must be one of {list(TARGETS)}, got {cfg.target!r}")
-    if cfg.wandb.mode not in WANDB_MODES:
-        raise ConfigError(f"wandb.mode must be one of {list(WANDB_MODES)}, got {cfg.wandb.mode!r}")
+    _choice(cfg.target, TARGETS, "target")
+    _choice(cfg.wandb.mode, WANDB_MODES, "wandb.mode")
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size!r}")
     settings = method_config(cfg.method)
@@ -373,3 +354,121 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
     except (ValueError, KeyError) as e:
         raise ConfigError(f"explainer settings: {e.args[0] if isinstance(e, KeyError) else e}") from None
     return cfg, settings
+
+
+# ------------------------------------------------------------------------------------- classifier training
+
+
+@dataclass
+class InitConfig:
+    """Where the backbone's starting weights come from (``train_classifier.py``)."""
+
+    kind: str = "imagenet"  # imagenet (torchvision weights from the hub cache) | file | random
+    weights: str = "DEFAULT"  # kind imagenet: the torchvision weight enum, e.g. ResNet50_Weights.IMAGENET1K_V2
+    file: str | None = None  # kind file: a state dict (torch.save) of the same backbone; the head may differ
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedule: cosine decay over the epochs after a linear warm-up."""
+
+    name: str = "sgd"  # sgd (momentum 0.9, nesterov) | adamw
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TrainerRunConfig:
+    """The Lightning Trainer of a training run."""
+
+    accelerator: str = "auto"  # auto | cpu | gpu
+    devices: int = 1
+    num_nodes: int = 1
+    precision: str = "auto"  # auto: 16-mixed on GPUs, 32-true on CPUs; or any Lightning precision
+    max_epochs: int = 30
+    early_stopping_patience: int | None = None  # epochs without a better val/acc1; None: no early stop
+    limit_train_batches: float | None = None  # for smoke tests
+    limit_val_batches: float | None = None
+    log_every_n_steps: int = 20
+
+
+@dataclass
+class TrainClassifierConfig:
+    """``python train_classifier.py --config <yaml> [key=value ...]``: fine-tune the classifier to explain."""
+
+    imports: list[str] = field(default_factory=list)  # modules imported first (user backbones); runs their code
+    backbone: str = "resnet50"  # torchvision name, timm/<name>, or small_cnn
+    init: InitConfig = field(default_factory=InitConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)  # overrides of the backbone's own
+    augment: str = "standard"  # standard (random resized crop + flip) | flip | none
+    train_split: str = "train"  # data.split used for training
+    val_split: str = "test"  # ... and for validation (CUB has train/test; synthetic train/val/test)
+    val_fraction: float = 0.1  # image folders without train/ and val/ sub-folders: share held out
+    val_limit: int | None = None  # validate on the first N images of the validation split only
+    batch_size: int = 32
+    num_workers: int = 0
+    seed: int = 0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerRunConfig = field(default_factory=TrainerRunConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(kind="cub"))
+    output: OutputConfig = field(default_factory=lambda: OutputConfig(dir="outputs/classifier"))
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+INIT_KINDS = ("imagenet", "file", "random")
+AUGMENTS = ("standard", "flip", "none")
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def _load_layers(schema: type, path: str | Path | None, overrides: list[str] | None) -> DictConfig:
+    """Schema <- YAML file <- ``key=value`` overrides, with errors that name the file or the override."""
+    cfg = OmegaConf.structured(schema)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found: pass --config configs/<name>.yaml")
+        try:
+            layer = OmegaConf.load(path)
+        except Exception as e:
+            raise ConfigError(f"cannot parse config file {str(path)!r}: {e}") from None
+        try:
+            cfg = OmegaConf.merge(cfg, layer)
+        except OmegaConfBaseException as e:
+            raise _config_error(e, str(path)) from None
+    try:
+        cfg = OmegaConf.merge(cfg, parse_overrides(list(overrides or [])))
+    except OmegaConfBaseException as e:
+        raise _config_error(e, "command-line override") from None
+    return cfg
+
+
+def _choice(value: str, valid: tuple[str, ...], key: str) -> None:
+    if value not in valid:
+        raise ConfigError(f"{key} must be one of {list(valid)}, got {value!r}")
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> DictConfig:
+    """Load a ``train_classifier.py`` config (schema <- YAML <- overrides), run its imports, check its values.
+
+    Raises:
+        ConfigError: missing or unparsable file, unknown key, wrong type, malformed override, bad value.
+    """
+    cfg = _load_layers(TrainClassifierConfig, path, overrides)
+    run_imports(list(cfg.imports))
+    _choice(cfg.init.kind, INIT_KINDS, "init.kind")
+    _choice(cfg.augment, AUGMENTS, "augment")
+    _choice(cfg.optim.name, OPTIMIZERS, "optim.name")
+    _choice(cfg.wandb.mode, WANDB_MODES, "wandb.mode")
+    if cfg.init.kind == "file" and not cfg.init.file:
+        raise ConfigError("init.kind=file needs init.file=<state dict saved with torch.save(model.state_dict())>")
+    if cfg.batch_size < 1 or cfg.trainer.max_epochs < 1:
+        raise ConfigError(
+            f"batch_size and trainer.max_epochs must be >= 1, got {cfg.batch_size}, {cfg.trainer.max_epochs}"
+        )
+    if not 0.0 < cfg.val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in (0, 1), got {cfg.val_fraction!r}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr!r}")
+    return cfg

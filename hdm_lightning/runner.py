@@ -136,12 +136,14 @@ def _flat(cfg: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def _result_keys(cfg: dict) -> dict[str, object]:
-    return {k: v for k, v in _flat(cfg).items() if not any(k == n or k.startswith(n + ".") for n in NON_RESULT_KEYS)}
+def _result_keys(cfg: dict, ignore: tuple[str, ...]) -> dict[str, object]:
+    return {k: v for k, v in _flat(cfg).items() if not any(k == n or k.startswith(n + ".") for n in ignore)}
 
 
-def check_run_folder(folder: Path, cfg: DictConfig) -> None:
+def check_run_folder(folder: Path, cfg: DictConfig, ignore: tuple[str, ...] = NON_RESULT_KEYS) -> None:
     """Refuse to mix results of different configs in one folder; archive the old run if asked to.
+
+    Keys under ``ignore`` may differ between the saved config and ``cfg``.
 
     Raises:
         ConfigError: ``folder`` holds a run whose result-determining settings differ and
@@ -161,11 +163,11 @@ def check_run_folder(folder: Path, cfg: DictConfig) -> None:
         return
     if not saved.is_file():
         raise ConfigError(
-            f"output folder {str(folder)!r} is not empty and holds no config.yaml of an explain run: "
+            f"output folder {str(folder)!r} is not empty and holds no config.yaml of an earlier run: "
             "choose another output.dir"
         )
-    old = _result_keys(OmegaConf.to_container(OmegaConf.load(saved)))
-    new = _result_keys(OmegaConf.to_container(cfg))
+    old = _result_keys(OmegaConf.to_container(OmegaConf.load(saved)), ignore)
+    new = _result_keys(OmegaConf.to_container(cfg), ignore)
     diff = [k for k in sorted(set(old) | set(new)) if old.get(k, "<unset>") != new.get(k, "<unset>")]
     if diff:
         shown = "; ".join(f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in diff[:6])

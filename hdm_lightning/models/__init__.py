@@ -1,4 +1,4 @@
-"""Classifiers: backbones, checkpoints, cached torchvision weights, the bundled EfficientNet-Lite0, preprocessing."""
+"""Classifiers: backbones (torchvision, timm, small_cnn), checkpoints, torchvision weights, Lite0, preprocessing."""
 
 from hdm_lightning.models.classifiers import (
     BUNDLED_NAME,
@@ -11,10 +11,13 @@ from hdm_lightning.models.classifiers import (
     load_classifier,
     load_classifier_checkpoint,
     load_torchvision_weights,
+    override_preprocess,
     save_classifier_checkpoint,
+    torchvision_weights_preprocess,
 )
 from hdm_lightning.models.lite0 import IMAGENET_CLASSES, load_efficientnet_lite0, remap_lite0_keys
 from hdm_lightning.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from hdm_lightning.models.small_cnn import SMALL_CNN_NAME, SmallCNN
 
 __all__ = [
     "BUNDLED_NAME",
@@ -23,8 +26,10 @@ __all__ = [
     "IMAGENET_CLASSES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "SMALL_CNN_NAME",
     "Classifier",
     "Preprocess",
+    "SmallCNN",
     "build_backbone",
     "check_num_classes",
     "default_preprocess",
@@ -32,6 +37,8 @@ __all__ = [
     "load_classifier_checkpoint",
     "load_efficientnet_lite0",
     "load_torchvision_weights",
+    "override_preprocess",
     "remap_lite0_keys",
     "save_classifier_checkpoint",
+    "torchvision_weights_preprocess",
 ]

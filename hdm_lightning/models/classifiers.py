@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from hdm_lightning.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, Preprocess
+from hdm_lightning.models.small_cnn import SMALL_CNN_NAME, SmallCNN, small_cnn_preprocess
 
 __all__ = [
     "BUNDLED_NAME",
@@ -54,8 +55,13 @@ CHECKPOINT_VERSION = 1
 """Checkpoint layout version written by :func:`save_classifier_checkpoint`; newer versions are refused."""
 
 _TIMM_PREFIX = "timm/"
+# Backbones defined in this package: name -> (constructor taking num_classes, its default preprocessing).
+_BUILTIN_BACKBONES = {SMALL_CNN_NAME: (SmallCNN, small_cnn_preprocess)}
 RANDOM_INIT_SEED = 0  # random-init classifiers (smoke tests) are the same network in every run
-_LIST_HINT = "full lists: torchvision.models.list_models() and timm.list_models() (use timm names as 'timm/<name>')"
+_LIST_HINT = (
+    f"built-in backbones: {sorted(_BUILTIN_BACKBONES)}; full lists: torchvision.models.list_models() and "
+    "timm.list_models() (use timm names as 'timm/<name>')"
+)
 _MAX_KEYS = 5  # keys quoted per kind in a state-dict mismatch: enough to see the pattern, not hundreds of lines
 
 
@@ -124,7 +130,9 @@ def _check_timm_name(arch: str) -> None:
 
 
 def _check_backbone_name(name: str) -> None:
-    """Raise a ValueError with suggestions unless ``name`` is a torchvision classifier or ``timm/<model>``."""
+    """Raise a ValueError with suggestions unless ``name`` is built in, a torchvision classifier or ``timm/<model>``."""
+    if name in _BUILTIN_BACKBONES:
+        return
     if name.startswith(_TIMM_PREFIX):
         _check_timm_name(name[len(_TIMM_PREFIX) :])
         return
@@ -135,7 +143,7 @@ def _check_backbone_name(name: str) -> None:
 
     if timm.is_model(name):
         raise ValueError(f"{name!r} is not a torchvision model but a timm one: use 'timm/{name}'")
-    candidates = tv + [_TIMM_PREFIX + n for n in timm.list_models()]
+    candidates = sorted(_BUILTIN_BACKBONES) + tv + [_TIMM_PREFIX + n for n in timm.list_models()]
     raise _unknown_name_error(name, candidates, "backbone")
 
 
@@ -143,8 +151,9 @@ def build_backbone(name: str, num_classes: int) -> nn.Module:
     """A randomly initialised classifier backbone with a ``num_classes`` head; never downloads.
 
     Args:
-        name: a torchvision classification model (``resnet50``; see ``torchvision.models.list_models()``) or
-            ``timm/<name>`` (``timm/resnet10t``; see ``timm.list_models()``).
+        name: a built-in backbone (``small_cnn``: :class:`~hdm_lightning.models.small_cnn.SmallCNN`), a torchvision
+            classification model (``resnet50``; see ``torchvision.models.list_models()``) or ``timm/<name>``
+            (``timm/resnet10t``; see ``timm.list_models()``).
         num_classes: size of the classification head.
 
     Returns:
@@ -161,6 +170,8 @@ def build_backbone(name: str, num_classes: int) -> nn.Module:
             "random weights use 'timm/tf_efficientnet_lite0'"
         )
     _check_backbone_name(name)
+    if name in _BUILTIN_BACKBONES:
+        return _BUILTIN_BACKBONES[name][0](num_classes)
     if name.startswith(_TIMM_PREFIX):
         import timm
 
@@ -182,7 +193,7 @@ def default_preprocess(name: str) -> Preprocess:
     torchvision: ImageNet mean and std, resize 256, crop 224, bilinear (the classic ImageNet evaluation). timm: the
     model's ``pretrained_cfg`` (input size, ``crop_pct``: resize = round(size / crop_pct), mean, std,
     interpolation; anything but bicubic/bilinear becomes bilinear). :data:`BUNDLED_NAME`: :class:`Preprocess`'s
-    defaults.
+    defaults. ``small_cnn``: 64 px without a crop, bilinear, mean = std = 0.5.
 
     Raises:
         ValueError: an unknown name (with close matches).
@@ -190,6 +201,8 @@ def default_preprocess(name: str) -> Preprocess:
     if name == BUNDLED_NAME:
         return Preprocess()
     _check_backbone_name(name)
+    if name in _BUILTIN_BACKBONES:
+        return _BUILTIN_BACKBONES[name][1]()
     if not name.startswith(_TIMM_PREFIX):
         return Preprocess(size=224, resize=256, mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear")
     import timm
@@ -488,6 +501,23 @@ def _resolve_weights(name: str, weights: str) -> Any:
     return w
 
 
+def _weights_preprocess(w: Any) -> Preprocess:
+    t = w.transforms()
+    return Preprocess(
+        size=int(t.crop_size[0]),
+        resize=int(t.resize_size[0]),
+        mean=tuple(t.mean),
+        std=tuple(t.std),
+        interpolation=_interpolation(t.interpolation),
+    )
+
+
+def torchvision_weights_preprocess(name: str, weights: str) -> Preprocess:
+    """The evaluation preprocessing of a torchvision weight enum (no file needed), e.g. for training data."""
+    _check_backbone_name(name)
+    return _weights_preprocess(_resolve_weights(name, weights))
+
+
 def load_torchvision_weights(name: str, weights: str) -> Classifier:
     """A torchvision classifier with its published ImageNet weights, read from the torch hub cache; never downloads.
 
@@ -506,7 +536,7 @@ def load_torchvision_weights(name: str, weights: str) -> Classifier:
     """
     import torchvision
 
-    if name.startswith(_TIMM_PREFIX) or name == BUNDLED_NAME:
+    if name.startswith(_TIMM_PREFIX) or name == BUNDLED_NAME or name in _BUILTIN_BACKBONES:
         raise ValueError(
             f"weights= names torchvision weight enums; {name!r} is not a torchvision model: give a checkpoint= "
             "trained with train_classifier.py instead"
@@ -536,14 +566,7 @@ def load_torchvision_weights(name: str, weights: str) -> Classifier:
         for aux in ("AuxLogits", "aux1", "aux2"):
             if hasattr(model, aux):
                 setattr(model, aux, None)
-    t = w.transforms()
-    preprocess = Preprocess(
-        size=int(t.crop_size[0]),
-        resize=int(t.resize_size[0]),
-        mean=tuple(t.mean),
-        std=tuple(t.std),
-        interpolation=_interpolation(t.interpolation),
-    )
+    preprocess = _weights_preprocess(w)
     categories = [str(c) for c in w.meta["categories"]]
     return Classifier(
         model=model.eval(),
@@ -575,25 +598,30 @@ def _as_config(cfg: Any) -> Any:
         ) from None
 
 
-def _apply_overrides(classifier: Classifier, overrides: Any) -> Classifier:
-    """Replace the classifier's preprocessing fields that ``overrides`` (a PreprocessConfig) sets to non-None."""
+def override_preprocess(preprocess: Preprocess, overrides: Any, key: str = "classifier.preprocess") -> Preprocess:
+    """``preprocess`` with the fields that ``overrides`` (a PreprocessConfig) sets to non-None replaced."""
     if overrides is None:
-        return classifier
+        return preprocess
     changes = {}
     for f in dataclasses.fields(Preprocess):
         value = getattr(overrides, f.name, None)
         if value is not None:
             changes[f.name] = tuple(float(v) for v in value) if f.name in ("mean", "std") else value
     if not changes:
-        return classifier
+        return preprocess
     try:
-        preprocess = dataclasses.replace(classifier.preprocess, **changes)
+        return dataclasses.replace(preprocess, **changes)
     except ValueError as e:
         raise ValueError(
-            f"classifier.preprocess overrides {changes} on top of {classifier.preprocess.to_dict()} are invalid: {e}"
-            " (a smaller size keeps the classifier's resize: set classifier.preprocess.resize too)"
+            f"{key} overrides {changes} on top of {preprocess.to_dict()} are invalid: {e}"
+            f" (a smaller size keeps the original resize: set {key}.resize too)"
         ) from None
-    return dataclasses.replace(classifier, preprocess=preprocess)
+
+
+def _apply_overrides(classifier: Classifier, overrides: Any) -> Classifier:
+    """Replace the classifier's preprocessing fields that ``overrides`` (a PreprocessConfig) sets to non-None."""
+    preprocess = override_preprocess(classifier.preprocess, overrides)
+    return classifier if preprocess is classifier.preprocess else dataclasses.replace(classifier, preprocess=preprocess)
 
 
 def load_classifier(cfg: Any) -> Classifier:

@@ -207,7 +207,7 @@ def test_photos():
 
 
 def test_registry_lists_the_four_kinds():
-    assert DATASETS.names() == ["cub", "folder", "pairs", "photos"]
+    assert DATASETS.names() == ["cub", "folder", "pairs", "photos", "synthetic"]
     with pytest.raises(KeyError, match=r"Unknown dataset kind 'coco'. Available: \['cub'"):
         build_dataset(DataConfig(kind="coco", root="/x"), PP)
 

@@ -1,0 +1,202 @@
+"""``train_classifier.py``: fine-tune the classifier that ``explain.py`` explains.
+
+Run folder (``output.dir``)::
+
+    config.yaml               the resolved config
+    checkpoints/best.ckpt     Lightning checkpoint with the best val/acc1 (ModelCheckpoint)
+    checkpoints/last.ckpt     the latest epoch: a rerun resumes from it (output.resume)
+    classifier.pt             the best weights in the ``hdm_lightning.classifier`` format (backbone,
+                              classes, class names, preprocessing): ``explain.py classifier.checkpoint=<it>``
+    wandb/                    the W&B run
+
+Both checkpoint files load in ``explain.py`` with ``classifier.checkpoint=<path>`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from hdm_lightning.config import ConfigError
+from hdm_lightning.data.training import ClassifierDataModule
+from hdm_lightning.io import atomic_write_text
+from hdm_lightning.models import (
+    default_preprocess,
+    load_classifier_checkpoint,
+    override_preprocess,
+    save_classifier_checkpoint,
+    torchvision_weights_preprocess,
+)
+from hdm_lightning.models.lightning_classifier import ClassifierModule, initial_backbone
+
+__all__ = ["TrainSummary", "run_training"]
+
+# May change between a run and its resumption.
+NON_RESULT_KEYS = (
+    "imports",
+    "num_workers",
+    "output",
+    "wandb",
+    "trainer.log_every_n_steps",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.accelerator",
+    "trainer.max_epochs",
+    "trainer.early_stopping_patience",
+)
+
+
+@dataclass
+class TrainSummary:
+    """What a training run produced."""
+
+    folder: Path
+    best_checkpoint: Path
+    exported: Path
+    best_val_acc1: float
+    epochs: int
+    num_classes: int
+
+    def line(self) -> str:
+        """The final summary line."""
+        return (
+            f"best val/acc1 {self.best_val_acc1:.4f} after {self.epochs} epochs ({self.num_classes} classes); "
+            f"explain it with classifier.checkpoint={self.exported}"
+        )
+
+
+def _precision(cfg: DictConfig, accelerator: str) -> str:
+    if cfg.trainer.precision != "auto":
+        return cfg.trainer.precision
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return "16-mixed" if gpu else "32-true"
+
+
+def run_training(cfg: DictConfig) -> TrainSummary:
+    """Train the classifier that ``cfg`` describes (see the module docstring for the outputs).
+
+    Raises:
+        ConfigError, DatasetError, ValueError: a problem with the config, the data or the weights, with its
+            fix in the message (raised before training starts).
+    """
+    from hdm_lightning.runner import check_run_folder
+
+    folder = Path(cfg.output.dir)
+    last = folder / "checkpoints" / "last.ckpt"
+    check_run_folder(folder, cfg, NON_RESULT_KEYS)
+    L.seed_everything(int(cfg.seed), verbose=False)
+    if cfg.init.kind == "imagenet" and not cfg.backbone.startswith("timm/") and cfg.backbone != "small_cnn":
+        preprocess = torchvision_weights_preprocess(cfg.backbone, cfg.init.weights)
+    else:
+        preprocess = default_preprocess(cfg.backbone)
+    preprocess = override_preprocess(preprocess, cfg.preprocess, key="preprocess")
+    data = ClassifierDataModule(
+        cfg.data,
+        preprocess,
+        batch_size=int(cfg.batch_size),
+        augment=cfg.augment,
+        train_split=cfg.train_split,
+        val_split=cfg.val_split,
+        val_fraction=float(cfg.val_fraction),
+        seed=int(cfg.seed),
+        num_workers=int(cfg.num_workers),
+        val_limit=cfg.val_limit,
+    )
+    classes = data.class_names
+    resume = last if cfg.output.resume and last.is_file() else None
+    if resume is not None:
+        saved = torch.load(resume, map_location="cpu", weights_only=True)["hyper_parameters"]
+        if int(saved["num_classes"]) != len(classes) or saved["backbone"] != cfg.backbone:
+            raise ConfigError(
+                f"{resume} was trained with {saved['backbone']} on {saved['num_classes']} classes, but this run has "
+                f"{cfg.backbone} on {len(classes)} classes ({data.train_set.describe()}): choose another output.dir, "
+                "or pass output.resume=false to move the old run aside"
+            )
+        model, source = None, f"resumed from {resume}"
+    else:
+        model, _, source = initial_backbone(cfg.backbone, len(classes), cfg.init)
+    module = ClassifierModule(
+        backbone=cfg.backbone,
+        num_classes=len(classes),
+        class_names=classes,
+        preprocess=preprocess.to_dict(),
+        optim=OmegaConf.to_container(cfg.optim),
+        max_epochs=int(cfg.trainer.max_epochs),
+        model=model,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(OmegaConf.to_yaml(cfg), folder / "config.yaml")
+    print(
+        f"training {cfg.backbone} ({source}) on {data.train_set.describe()}; validating on {data.val_set.describe()}",
+        file=sys.stderr,
+    )
+
+    best = ModelCheckpoint(
+        dirpath=folder / "checkpoints",
+        filename="best",
+        monitor="val/acc1",
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    callbacks: list[L.Callback] = [best]
+    if cfg.trainer.early_stopping_patience is not None:
+        callbacks.append(EarlyStopping("val/acc1", mode="max", patience=int(cfg.trainer.early_stopping_patience)))
+    logger = False
+    if cfg.wandb.mode != "disabled":
+        from lightning.pytorch.loggers import WandbLogger
+
+        logger = WandbLogger(
+            project=cfg.wandb.project,
+            name=cfg.wandb.name,
+            save_dir=str(cfg.wandb.dir or folder),
+            offline=cfg.wandb.mode == "offline",
+            tags=list(cfg.wandb.tags) or None,
+        )
+        logger.log_hyperparams(OmegaConf.to_container(cfg))
+        callbacks.append(LearningRateMonitor("epoch"))
+    accelerator = cfg.trainer.accelerator
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=int(cfg.trainer.devices),
+        num_nodes=int(cfg.trainer.num_nodes),
+        precision=_precision(cfg, accelerator),
+        max_epochs=int(cfg.trainer.max_epochs),
+        limit_train_batches=cfg.trainer.limit_train_batches,
+        limit_val_batches=cfg.trainer.limit_val_batches,
+        log_every_n_steps=int(cfg.trainer.log_every_n_steps),
+        logger=logger,
+        callbacks=callbacks,
+        default_root_dir=str(folder),
+        enable_progress_bar=True,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
+    if logger:
+        logger.experiment.finish()
+
+    best_path = Path(best.best_model_path) if best.best_model_path else last
+    if trainer.global_rank != 0:
+        return TrainSummary(
+            folder, best_path, folder / "classifier.pt", float("nan"), trainer.current_epoch, len(classes)
+        )
+    trained = load_classifier_checkpoint(best_path)  # weights_only, and proves explain.py can read it
+    exported = save_classifier_checkpoint(
+        folder / "classifier.pt",
+        trained.model,
+        cfg.backbone,
+        trained.num_classes,
+        trained.class_names,
+        trained.preprocess,
+        extra={"val_acc1": float(best.best_model_score or float("nan")), "source": source},
+    )
+    score = float(best.best_model_score) if best.best_model_score is not None else float("nan")
+    return TrainSummary(folder, best_path, exported, score, trainer.current_epoch, len(classes))
