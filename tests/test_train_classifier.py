@@ -137,3 +137,16 @@ def test_synthetic_classifier_reaches_90_percent(tmp_path, capsys):
     assert saved["extra"]["val_acc1"] >= 0.90, saved["extra"]
     clf = load_classifier_checkpoint(out / "classifier.pt")
     assert clf.class_names == ["circle", "square", "triangle", "cross"] and clf.preprocess.size == 64
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["densenet121", "swin_t", "efficientnet_b0", "mobilenet_v3_small"])
+def test_head_is_replaced_for_the_papers_backbones(name):
+    """ImageNet-shaped weights (1000 classes) transfer to a 5-class model of the same family, all but the head."""
+    torch.manual_seed(0)
+    source = build_backbone(name, 1000).state_dict()
+    model = build_backbone(name, 5)
+    head = transfer_weights(model, source, f"{name} weights")
+    assert head and all(source[k].shape[0] == 1000 for k in head if k in source and source[k].dim() >= 1)
+    own = model.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in source.items() if k not in head)
