@@ -18,14 +18,9 @@ __all__ = ["explain_main", "train_classifier_main"]
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError)
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="explain.py",
-        description="Explain a classifier's decisions on a dataset with HDM, DM or MDM saliency maps.",
-        epilog="Overrides use dotted keys, e.g.: explain.py --config configs/cub.yaml data.root=/data/CUB_200_2011 "
-        "batch_size=8 wandb.mode=disabled. The config's `imports:` modules are imported (their code runs) first.",
-    )
-    ap.add_argument("--config", default=None, help="YAML run config (configs/*.yaml); default: the schema defaults")
+def _parser(prog: str, description: str, epilog: str, configs: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog)
+    ap.add_argument("--config", default=None, help=f"YAML config ({configs}); default: the schema defaults")
     ap.add_argument("overrides", nargs="*", help="key=value settings that replace the config's")
     ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return ap
@@ -36,19 +31,17 @@ def _message(e: BaseException) -> str:
     return str(text)
 
 
-def explain_main(argv: list[str] | None = None) -> int:
-    """``python explain.py --config <yaml> [key=value ...]``; returns the process exit status."""
-    args = _parser().parse_args(argv)
+def _main(args: argparse.Namespace, load, run) -> int:
+    """Load the config, then run; a user-fixable error prints one ``error:`` line and returns 2."""
     try:
-        cfg, settings = load_run_config(args.config, args.overrides)
+        loaded = load(args.config, args.overrides)
         if args.print_config:
             from omegaconf import OmegaConf
 
+            cfg = loaded[0] if isinstance(loaded, tuple) else loaded
             print(OmegaConf.to_yaml(cfg), end="")
             return 0
-        from hdm_lightning.runner import run_explain
-
-        summary = run_explain(cfg, settings)
+        summary = run(*loaded) if isinstance(loaded, tuple) else run(loaded)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -57,34 +50,38 @@ def explain_main(argv: list[str] | None = None) -> int:
         return 2
     print(summary.line())
     return 0
+
+
+def explain_main(argv: list[str] | None = None) -> int:
+    """``python explain.py --config <yaml> [key=value ...]``; returns the process exit status."""
+    ap = _parser(
+        "explain.py",
+        "Explain a classifier's decisions on a dataset with HDM, DM or MDM saliency maps.",
+        "Overrides use dotted keys, e.g.: explain.py --config configs/cub.yaml data.root=/data/CUB_200_2011 "
+        "batch_size=8 wandb.mode=disabled. The config's `imports:` modules are imported (their code runs) first.",
+        "configs/*.yaml",
+    )
+
+    def run(cfg, settings):
+        from hdm_lightning.runner import run_explain
+
+        return run_explain(cfg, settings)
+
+    return _main(ap.parse_args(argv), load_run_config, run)
 
 
 def train_classifier_main(argv: list[str] | None = None) -> int:
     """``python train_classifier.py --config <yaml> [key=value ...]``; returns the process exit status."""
-    ap = argparse.ArgumentParser(
-        prog="train_classifier.py",
-        description="Fine-tune the classifier that explain.py explains (checkpoint carries classes + preprocessing).",
-        epilog="Example: train_classifier.py --config configs/classifier/cub_resnet50.yaml data.root=/data/CUB",
+    ap = _parser(
+        "train_classifier.py",
+        "Fine-tune the classifier that explain.py explains (checkpoint carries classes + preprocessing).",
+        "Example: train_classifier.py --config configs/classifier/cub_resnet50.yaml data.root=/data/CUB",
+        "configs/classifier/*.yaml",
     )
-    ap.add_argument("--config", default=None, help="YAML training config (configs/classifier/*.yaml)")
-    ap.add_argument("overrides", nargs="*", help="key=value settings that replace the config's")
-    ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    args = ap.parse_args(argv)
-    try:
-        cfg = load_train_config(args.config, args.overrides)
-        if args.print_config:
-            from omegaconf import OmegaConf
 
-            print(OmegaConf.to_yaml(cfg), end="")
-            return 0
+    def run(cfg):
         from hdm_lightning.train import run_training
 
-        summary = run_training(cfg)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except USER_ERRORS as e:
-        print(f"error: {_message(e)}", file=sys.stderr)
-        return 2
-    print(summary.line())
-    return 0
+        return run_training(cfg)
+
+    return _main(ap.parse_args(argv), load_train_config, run)
