@@ -240,6 +240,34 @@ class WandbConfig:
 
 
 @dataclass
+class MethodEntry:
+    """One saliency method of a comparison: a registered name (``hdm_lightning.baselines.METHODS``) + params.
+
+    ``hdm``, ``dm`` and ``mdm`` entries without ``params.config`` use the run's ``explainer`` settings when
+    they name the run's ``method``, else that method's defaults.
+    """
+
+    name: str = "gradcam"
+    label: str | None = None  # its name in tables and folders (default: name); one method may appear twice
+    params: dict[str, Any] = field(default_factory=dict)  # the method's __init__ arguments
+
+
+@dataclass
+class EvaluationConfig:
+    """The papers' metrics (``hdm_lightning.metrics``) over every compared method's maps."""
+
+    metrics: list[str] = field(default_factory=list)  # drop_increase | deletion_insertion | proportion | segmentation
+    batch_size: int = 64  # perturbed images per forward pass
+    steps: int = 100  # deletion/insertion: 1 % of the pixels per step
+    insertion_canvas: str = "blur"  # blur | zero (black)
+    deletion_value: str = "black"  # black (0 in raw pixels) | blur
+    drop_baseline: str = "zero"  # Average Drop/Increase: zero (mean colour) | mean | blur | black
+    drop_percents: list[int] = field(default_factory=lambda: [70, 80, 90])  # muted share of the pixels
+    segmentation_percents: list[int] = field(default_factory=lambda: list(range(70, 100)))  # binarising percentiles
+    gallery: int = 16  # images shown side by side with every method's map (papers/001 Fig. 4)
+
+
+@dataclass
 class ExplainRunConfig:
     """``python explain.py --config <yaml> [key=value ...]``: one explanation run over a dataset."""
 
@@ -255,6 +283,8 @@ class ExplainRunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    methods: list[MethodEntry] = field(default_factory=list)  # compare these on the same images (empty: `method`)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
 
 class ConfigError(ValueError):

@@ -33,11 +33,12 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 
 from hdm_lightning.config import ConfigError
 from hdm_lightning.data import IMAGE_EXTENSIONS, build_dataset, load_items
-from hdm_lightning.explainers import build_explainer
-from hdm_lightning.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from hdm_lightning.explainers import Explanation
+from hdm_lightning.io import atomic_torch_save, atomic_write_json, atomic_write_text, load_tensors
 from hdm_lightning.models import check_num_classes, load_classifier
 from hdm_lightning.viz import overlay, save_png, stage_strip
 
@@ -62,6 +63,7 @@ NON_RESULT_KEYS = (
 )
 MANIFEST_COLUMNS = (
     "id",
+    "method",
     "status",
     "label",
     "label_name",
@@ -75,6 +77,8 @@ MANIFEST_COLUMNS = (
     "overlay",
     "binary",
     "stages",
+    "forward_per_image",
+    "backward_per_image",
     "error",
 )
 
@@ -195,11 +199,25 @@ def write_manifest(folder: Path, records: dict[str, dict] | None = None, order: 
     records = _read_records(folder) if records is None else records
     rank = {i: n for n, i in enumerate(order or [])}
     rows = sorted(records.values(), key=lambda r: (rank.get(r["id"], math.inf), r["id"]))
+    # Per-image metric values: the summary keys (not the curves, nor Dice & co. at every single percentile).
+    metric_keys: list[str] = []
+    for r in rows:
+        for k, v in r.get("metrics", {}).items():
+            if k not in metric_keys and not isinstance(v, list) and not re.fullmatch(r"(\w+/\d+|probability.*)", k):
+                metric_keys.append(k)
+    for r in rows:
+        for k in r.get("metrics", {}):
+            if k not in metric_keys and re.fullmatch(r"(drop|increase)/\d+", k):
+                metric_keys.append(k)
+    from hdm_lightning.evaluation import column_key
+
+    columns = [*MANIFEST_COLUMNS, *sorted(metric_keys, key=column_key)]  # one order, fresh or resumed
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in MANIFEST_COLUMNS})
+        flat = {**r, **r.get("metrics", {})}
+        writer.writerow({k: ("" if flat.get(k) is None else flat.get(k)) for k in columns})
     return atomic_write_text(buf.getvalue(), folder / "manifest.csv")
 
 
@@ -244,43 +262,78 @@ def _wandb_settings():
     return wandb.Settings(console="off", x_disable_stats=True, silent=True)
 
 
-def _record(item, out, i: int, classifier, label_names, paths: dict[str, str], seconds: float) -> dict:
-    target = int(out.target[i])
-    prob = float(out.probability[i])
-    return {
-        "id": item.id,
-        "status": "ok",
-        "label": int(item.label),
-        "label_name": label_names[item.label] if label_names is not None and item.label >= 0 else "",
-        "target": target,
-        "target_name": classifier.class_name(target) if target >= 0 else "",
-        "probability": None if math.isnan(prob) else round(prob, 6),
-        "activation": round(float(out.activation[i]), 6),
-        "seconds": round(seconds, 3),
-        "passes": int(out.passes_per_image),
-        **paths,
-        "error": "",
-    }
+@dataclass
+class MethodRun:
+    """One method of a run: where its outputs go, its records, and the saliency method that computes it."""
+
+    label: str
+    root: Path  # maps/, overlays/, binary/, stages/, records/ of this method
+    method: object  # a hdm_lightning.baselines.SaliencyMethod
+    records: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> set[str]:
+        """Ids whose outputs are all written."""
+        return {i for i, r in self.records.items() if r["status"] == "ok"}
 
 
-def _image_tensors(item, out, i: int, keep_stages: bool) -> dict:
-    data = {
-        "id": item.id,
-        "method": out.method,
-        "saliency": out.saliency[i].float(),
-        "binary": out.binary[i],
-        "target": int(out.target[i]),
-        "probability": float(out.probability[i]),
-        "activation": float(out.activation[i]),
-        "label": int(item.label),
-        "passes": int(out.passes_per_image),
-        # loss per fit step, averaged over the fit's vectors (the full per-vector history stays in W&B/API)
-        "loss": {k: v[..., i].float().mean(-1) for k, v in out.history.items()},
-    }
-    if out.weights is not None:
-        data["weights"] = out.weights[i].float()
+def _method_runs(cfg: DictConfig, settings: DictConfig, model, folder: Path) -> list[MethodRun]:
+    """The run's methods: ``cfg.methods`` (a comparison, one sub-folder each), else ``cfg.method`` alone."""
+    from hdm_lightning.baselines import build_method
+
+    if not cfg.methods:
+        method = build_method(cfg.method, model, {"config": settings})
+        return [MethodRun(cfg.method, folder, method)]
+    runs, labels = [], set()
+    for entry in cfg.methods:
+        label = entry.label or entry.name
+        if label in labels or not re.fullmatch(r"[\w.+\-]+", label):
+            raise ConfigError(
+                f"methods: label {label!r} is repeated or not a plain name: give each entry its own label "
+                "(letters, digits, . + - _)"
+            )
+        labels.add(label)
+        params = OmegaConf.to_container(entry.params)
+        if entry.name == cfg.method and entry.name in ("hdm", "dm", "mdm") and "config" not in params:
+            params["config"] = settings  # the run's own method settings
+        try:
+            method = build_method(entry.name, model, params)
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"methods: entry {label!r}: {e.args[0] if isinstance(e, KeyError) else e}") from None
+        runs.append(MethodRun(label, folder / "methods" / label, method))
+    return runs
+
+
+def _targets(model, images: Tensor, items, target: str) -> Tensor:
+    """The class every method explains for each image: the prediction, or the dataset's label."""
+    if target == "label":
+        return torch.tensor([it.label for it in items], device=images.device)
+    with torch.no_grad():
+        was = model.training
+        model.eval()
+        try:
+            return model(images).argmax(1)
+        finally:
+            model.train(was)
+
+
+def _image_tensors(item, out: Explanation | None, i: int, sal: Tensor, target: int, keep_stages: bool) -> dict:
+    data = {"id": item.id, "saliency": sal.float(), "target": target, "label": int(item.label)}
     if item.mask is not None:
         data["ground_truth"] = item.mask
+    if out is None:
+        return data
+    data.update(
+        method=out.method,
+        binary=out.binary[i],
+        probability=float(out.probability[i]),
+        activation=float(out.activation[i]),
+        passes=int(out.passes_per_image),
+        # loss per fit step, averaged over the fit's vectors (the full per-vector history stays in W&B/API)
+        loss={k: v[..., i].float().mean(-1) for k, v in out.history.items()},
+    )
+    if out.weights is not None:
+        data["weights"] = out.weights[i].float()
     if keep_stages:
         data["stages"] = [
             {
@@ -295,7 +348,7 @@ def _image_tensors(item, out, i: int, keep_stages: bool) -> dict:
 
 
 def run_explain(cfg: DictConfig, settings: DictConfig, rank: int = 0, world: int = 1) -> RunSummary:
-    """Explain every image of ``cfg.data`` and write the outputs (see the module docstring).
+    """Explain every image of ``cfg.data`` with every method and write the outputs (see the module docstring).
 
     Args:
         cfg: the run config from :func:`hdm_lightning.config.load_run_config`.
@@ -321,21 +374,34 @@ def run_explain(cfg: DictConfig, settings: DictConfig, rank: int = 0, world: int
                 f"target=label needs a label for every image, but {len(unlabelled)} have none (e.g. "
                 f"{unlabelled[0]!r}): use target=predicted, or a dataset with classes"
             )
-    explainer = build_explainer(cfg.method, settings)
     device = _device(cfg.device)
     model = classifier.model.to(device)
+    runs = _method_runs(cfg, settings, model, folder)
+    suite = None
+    if cfg.evaluation.metrics:
+        from hdm_lightning.evaluation import MetricSuite
+
+        prep = classifier.preprocess
+        try:
+            suite = MetricSuite(model, list(cfg.evaluation.metrics), cfg.evaluation, prep.mean, prep.std)
+        except ValueError as e:
+            raise ConfigError(f"evaluation: {e}") from None
     names = output_names(dataset.ids)
     if rank == 0:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(OmegaConf.to_yaml(cfg), folder / "config.yaml")
 
-    records = _read_records(folder)
-    finished = {i for i, r in records.items() if r["status"] == "ok"}
+    for run in runs:
+        run.records = _read_records(run.root)
     batches = [list(range(s, min(s + cfg.batch_size, len(dataset)))) for s in range(0, len(dataset), cfg.batch_size)]
     mine = [(k, b) for k, b in enumerate(batches) if k % world == rank]
+
+    def done_everywhere(item_id: str) -> bool:
+        return all(item_id in run.finished for run in runs)
+
     summary = RunSummary(folder=folder)
-    summary.skipped = sum(1 for _, b in mine for i in b if dataset.ids[i] in finished)
-    todo = [(k, b) for k, b in mine if any(dataset.ids[i] not in finished for i in b)]
+    summary.skipped = sum(1 for _, b in mine for i in b if done_everywhere(dataset.ids[i]))
+    todo = [(k, b) for k, b in mine if not all(done_everywhere(dataset.ids[i]) for i in b)]
     pending = {k for k, _ in todo}
     for k, _ in mine:
         if k not in pending:  # its outputs were all written when an interruption came
@@ -344,10 +410,10 @@ def run_explain(cfg: DictConfig, settings: DictConfig, rank: int = 0, world: int
     logger = _wandb_logger(cfg, folder) if rank == 0 else None
     from tqdm import tqdm
 
-    n_todo = sum(1 for _, b in todo for i in b if dataset.ids[i] not in finished)
+    n_todo = sum(1 for _, b in todo for i in b if not done_everywhere(dataset.ids[i]))
     print(
-        f"{cfg.method} on {dataset.describe()}; classifier {classifier.name} ({classifier.source}) on {device}; "
-        f"{len(dataset)} images, {summary.skipped} done before, {n_todo} to explain",
+        f"{', '.join(r.label for r in runs)} on {dataset.describe()}; classifier {classifier.name} "
+        f"({classifier.source}) on {device}; {len(dataset)} images, {summary.skipped} done before, {n_todo} to explain",
         file=sys.stderr,
     )
     bar = tqdm(total=n_todo, unit="img", desc="explain", disable=not cfg.progress, file=sys.stderr)
@@ -357,93 +423,197 @@ def run_explain(cfg: DictConfig, settings: DictConfig, rank: int = 0, world: int
 
         callbacks.append(StageProgress(bar))
     logged_images = 0
+    gallery_ids = set(dataset.ids[: int(cfg.evaluation.gallery)]) if len(runs) > 1 else set()
     try:
         for k, indices in todo:
             items, failed = load_items(dataset, indices)
             for _index, item_id, message in failed:
                 rec = {"id": item_id, "status": "failed", "error": message}
-                atomic_write_json(rec, folder / "records" / f"{names[item_id]}.json")
-                records[item_id] = rec
+                for run in runs:
+                    atomic_write_json(rec, run.root / "records" / f"{names[item_id]}.json")
+                    run.records[item_id] = rec
                 summary.failed += 1
                 bar.update(1)
-            if all(it.id in finished for it in items):
+            if all(done_everywhere(it.id) for it in items):
                 continue  # only images that failed again are left in this batch
-            images = torch.stack([it.image for it in items])
-            target = torch.tensor([it.label for it in items]) if cfg.target == "label" else None
+            images = torch.stack([it.image for it in items]).to(device)
+            targets = _targets(model, images, items, cfg.target)
+            masks = [it.mask for it in items]
             work = folder / ".work" / f"batch-{k:06d}"
-            out = explainer.explain(model, images, target, logger=logger, callbacks=callbacks, work_dir=work).cpu()
-            per_image = out.seconds / len(items)
+            maps: dict[str, Tensor] = {}
             pictures = []
+            batch_seconds = 0.0
+            for run in runs:
+                todo_here = [i for i, it in enumerate(items) if it.id not in run.finished]
+                if not todo_here:
+                    if any(it.id in gallery_ids for it in items):
+                        maps[run.label] = _load_maps(run, items, names)
+                    continue
+                if hasattr(run.method, "explain_kwargs"):
+                    run.method.explain_kwargs = {
+                        "logger": logger,
+                        "callbacks": callbacks,
+                        "work_dir": work if len(runs) == 1 else work / run.label,
+                    }
+                sal = run.method(images, targets)
+                out = getattr(run.method, "last_explanation", None)
+                out = out.cpu() if out is not None else None
+                n = len(items)
+                cost = {
+                    "seconds_per_image": round(run.method.seconds / n, 4),
+                    "forward_per_image": run.method.forward_passes / n,
+                    "backward_per_image": run.method.backward_passes / n,
+                }
+                batch_seconds += run.method.seconds
+                values = suite.per_image(images, sal, targets, masks) if suite is not None else [{}] * n
+                sal = sal.cpu()
+                maps[run.label] = sal
+                for i in todo_here:
+                    item = items[i]
+                    pics = _write_image(cfg, classifier, dataset, run, item, out, i, sal[i], int(targets[i]), names)
+                    rec = {
+                        "id": item.id,
+                        "method": run.label,
+                        "status": "ok",
+                        "label": int(item.label),
+                        "label_name": dataset.class_names[item.label]
+                        if dataset.class_names is not None and item.label >= 0
+                        else "",
+                        "target": int(targets[i]),
+                        "target_name": classifier.class_name(int(targets[i])),
+                        "probability": None if out is None else _round(float(out.probability[i])),
+                        "activation": None if out is None else _round(float(out.activation[i])),
+                        "seconds": cost["seconds_per_image"],
+                        "passes": int(out.passes_per_image) if out is not None else cost["backward_per_image"],
+                        **cost,
+                        **pics["paths"],
+                        "metrics": values[i],
+                        "error": "",
+                    }
+                    atomic_write_json(rec, run.root / "records" / f"{names[item.id]}.json")  # last: marks it done
+                    run.records[item.id] = rec
+                    if pics["pictures"] is not None:
+                        pictures.append((run.label, item, int(targets[i]), *pics["pictures"]))
             for i, item in enumerate(items):
-                if item.id in finished:
-                    continue  # written before an interruption inside this batch
-                name = names[item.id]
-                paths = {"map": f"maps/{name}.pt", "overlay": "", "binary": "", "stages": ""}
-                atomic_torch_save(_image_tensors(item, out, i, cfg.output.stage_maps), folder / paths["map"])
-                if cfg.output.pictures:
-                    rgb = classifier.preprocess.denormalize(item.image)
-                    maps = [s.saliency[i] for s in out.stages] + ([out.saliency[i]] if out.method == "hdm" else [])
-                    over, strip = overlay(rgb, out.saliency[i]), stage_strip(rgb, maps)
-                    paths.update(
-                        overlay=f"overlays/{name}.png", binary=f"binary/{name}.png", stages=f"stages/{name}.png"
-                    )
-                    save_png(over, folder / paths["overlay"])
-                    save_png(out.binary[i, 0].float(), folder / paths["binary"])
-                    save_png(strip, folder / paths["stages"])
-                    pictures.append((item, i, over, strip))
-                rec = _record(item, out, i, classifier, dataset.class_names, paths, per_image)
-                atomic_write_json(rec, folder / "records" / f"{name}.json")  # last: marks the image done
-                records[item.id] = rec
-                summary.done += 1
-                summary.ids_done.append(item.id)
-                bar.update(1)
-            summary.seconds += out.seconds
+                if item.id in gallery_ids and maps:
+                    _write_gallery(folder, classifier, item, {m: v[i] for m, v in maps.items()}, names)
+            new = [it for it in items if it.id not in summary.ids_done]
+            summary.done += len(new)
+            summary.ids_done += [it.id for it in new]
+            summary.seconds += batch_seconds
+            bar.update(len(new))
             shutil.rmtree(work, ignore_errors=True)
             if rank == 0:
-                write_manifest(folder, records, dataset.ids)
+                _write_manifest_all(folder, runs, dataset.ids)
             if logger is not None:
-                logged_images = _log_batch(logger, cfg, out, pictures, classifier, logged_images)
+                logged_images = _log_batch(logger, cfg, runs, pictures, classifier, logged_images)
     finally:
         bar.close()
         if rank == 0:
-            write_manifest(folder, records, dataset.ids)
+            _write_manifest_all(folder, runs, dataset.ids)
             work_root = folder / ".work"
             if work_root.is_dir() and not any(work_root.iterdir()):
                 work_root.rmdir()
+            tables = _write_reports(folder, runs, cfg) if (suite is not None or len(runs) > 1) else {}
         if logger is not None:
-            _log_summary(logger, records, summary)
+            _log_summary(logger, runs, summary, tables, folder)
     return summary
 
 
-def _log_batch(logger, cfg, out, pictures, classifier, logged: int) -> int:
-    """Per-batch metrics, and overlays / stage strips while under ``wandb.max_images``."""
-    logger.log_run(
-        {
-            "explain/seconds_per_image": out.seconds / max(out.saliency.shape[0], 1),
-            "explain/passes_per_image": out.passes_per_image,
-            "explain/probability": float(out.probability.nanmean()) if out.probability.numel() else float("nan"),
-        }
-    )
+def _round(v: float) -> float | None:
+    return None if math.isnan(v) else round(v, 6)
+
+
+def _load_maps(run: MethodRun, items, names) -> Tensor:
+    """Saved maps of a method for a batch (for the gallery of a batch that method finished before)."""
+    return torch.stack([load_tensors(run.root / "maps" / f"{names[it.id]}.pt")["saliency"].float() for it in items])
+
+
+def _write_image(cfg, classifier, dataset, run, item, out, i, sal, target, names) -> dict:
+    """The method's files for one image: maps (.pt), overlay, binary mask and stage strip (DM/HDM/MDM)."""
+    name = names[item.id]
+    paths = {"map": f"maps/{name}.pt", "overlay": "", "binary": "", "stages": ""}
+    atomic_torch_save(_image_tensors(item, out, i, sal, target, cfg.output.stage_maps), run.root / paths["map"])
+    if not cfg.output.pictures:
+        return {"paths": paths, "pictures": None}
+    rgb = classifier.preprocess.denormalize(item.image)
+    over = overlay(rgb, sal)
+    paths["overlay"] = f"overlays/{name}.png"
+    save_png(over, run.root / paths["overlay"])
+    strip = None
+    if out is not None:
+        stage_maps = [s.saliency[i] for s in out.stages] + ([out.saliency[i]] if out.method == "hdm" else [])
+        strip = stage_strip(rgb, stage_maps)
+        paths.update(binary=f"binary/{name}.png", stages=f"stages/{name}.png")
+        save_png(out.binary[i, 0].float(), run.root / paths["binary"])
+        save_png(strip, run.root / paths["stages"])
+    return {"paths": paths, "pictures": (over, strip)}
+
+
+def _write_gallery(folder: Path, classifier, item, maps: dict[str, Tensor], names) -> None:
+    from hdm_lightning.evaluation import gallery
+
+    rgb = classifier.preprocess.denormalize(item.image)
+    tiles = [(label, overlay(rgb, m)) for label, m in maps.items()]
+    save_png(gallery(rgb, tiles), folder / "gallery" / f"{names[item.id]}.png")
+
+
+def _write_manifest_all(folder: Path, runs: list[MethodRun], order: list[str]) -> None:
+    if len(runs) == 1:
+        write_manifest(folder, runs[0].records, order)
+        return
+    merged = {f"{r.label}\0{i}": rec for r in runs for i, rec in r.records.items()}
+    write_manifest(folder, merged, order)
+
+
+def _write_reports(folder: Path, runs: list[MethodRun], cfg) -> dict[str, str]:
+    from hdm_lightning.evaluation import write_curves, write_tables
+
+    records = {r.label: list(r.records.values()) for r in runs}
+    tables = write_tables(folder, records, list(cfg.evaluation.metrics))
+    write_curves(folder, records)
+    return tables
+
+
+def _log_batch(logger, cfg, runs, pictures, classifier, logged: int) -> int:
+    """Per-batch cost per method, and overlays / stage strips while under ``wandb.max_images``."""
+    metrics = {}
+    for run in runs:
+        m = run.method
+        if getattr(m, "seconds", None) is not None:
+            metrics[f"cost/{run.label}/seconds"] = m.seconds
+            metrics[f"cost/{run.label}/forward"] = m.forward_passes
+            metrics[f"cost/{run.label}/backward"] = m.backward_passes
+    logger.log_run(metrics)
     room = max(int(cfg.wandb.max_images) - logged, 0)
     pictures = pictures[:room]
     if pictures:
-        captions = [f"{it.id}: {classifier.class_name(int(out.target[i]))}" for it, i, _, _ in pictures]
 
         def hwc(x):  # uint8 HWC, what wandb.Image takes without guessing a value range
             return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
-        logger.log_image("overlays", [hwc(p[2]) for p in pictures], caption=captions)  # at logger.position
-        logger.log_image("stages", [hwc(p[3]) for p in pictures], caption=captions)
+        captions = [f"{label} {it.id}: {classifier.class_name(t)}" for label, it, t, _, _ in pictures]
+        logger.log_image("overlays", [hwc(p[3]) for p in pictures], caption=captions)  # at logger.position
+        strips = [(c, p[4]) for c, p in zip(captions, pictures, strict=True) if p[4] is not None]
+        if strips:
+            logger.log_image("stages", [hwc(s) for _, s in strips], caption=[c for c, _ in strips])
         logger.position += 1
     return logged + len(pictures)
 
 
-def _log_summary(logger, records: dict[str, dict], summary: RunSummary) -> None:
-    """The manifest as a W&B table and the run's totals in the W&B summary; then close the W&B run."""
-    records = list(records.values())
+def _log_summary(logger, runs, summary: RunSummary, tables: dict[str, str], folder: Path) -> None:
+    """The manifest and the comparison tables as W&B tables, curves and gallery as images; then close the run."""
+    records = [rec for run in runs for rec in run.records.values()]
     columns = [c for c in MANIFEST_COLUMNS if c not in ("map", "overlay", "binary", "stages")]
     if records:
         logger.log_table("summary", columns=columns, data=[[r.get(c, "") for c in columns] for r in records])
+    for family in tables:
+        with open(folder / "tables" / f"{family}.csv") as f:
+            rows = list(csv.reader(f))
+        logger.log_table(f"tables/{family}", columns=rows[0], data=rows[1:])
+    pictures = sorted((folder / "curves").glob("*.png")) + sorted((folder / "gallery").rglob("*.png"))[:16]
+    for path in pictures:
+        logger.log_image(f"{path.parent.name}/{path.stem}", [str(path)])
     exp = logger.experiment
     exp.summary.update(
         {

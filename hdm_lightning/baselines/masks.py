@@ -13,6 +13,7 @@ cross-checked against the explanation's ``passes_per_image`` (backward samples =
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 from typing import ClassVar
@@ -37,14 +38,17 @@ class _DynamicMasks(SaliencyMethod):
         build_explainer(self.method, config)  # validate now: a bad key fails at build time, not mid-evaluation
         self.config = config
         self.last_explanation = None
+        # Extra keyword arguments of ``explain`` (``logger``, ``callbacks``, ``work_dir``) set by a runner.
+        self.explain_kwargs: dict = {}
 
     def attribute(self, images: Tensor, target: Tensor) -> Tensor:  # noqa: D102
         from hdm_lightning.explainers.methods import explain
 
-        out = explain(self.model, images, self.method, target=target, config=self.config)
+        out = explain(self.model, images, self.method, target=target, config=self.config, **self.explain_kwargs)
         self.last_explanation = out
         expected = out.passes_per_image * images.shape[0]
-        if self.counter.backward != expected:
+        # A call that continues checkpointed work (work_dir) legitimately spends fewer passes than it reports.
+        if self.counter.backward != expected and not self.explain_kwargs.get("work_dir"):
             warnings.warn(
                 f"{self.method}: counted {self.counter.backward} backward samples but the explanation reports "
                 f"{out.passes_per_image} per image x {images.shape[0]} images = {expected}",
@@ -94,8 +98,9 @@ class MDM(_DynamicMasks):
 class RandomMap(SaliencyMethod):
     """Uniform noise maps; no forward or backward pass.
 
-    The generator is seeded once per instance: successive calls give new maps, and a new instance with the same
-    seed repeats the same sequence (drawn on the CPU, so every device gets the same maps).
+    Each image's map is drawn from a generator seeded with ``seed`` and a digest of the image, so the map is a
+    pure function of the image: the same whatever the batch, the call order or a resumed run (drawn on the CPU, so
+    every device gets the same maps).
 
     Args:
         model: the classifier (unused).
@@ -105,8 +110,12 @@ class RandomMap(SaliencyMethod):
     def __init__(self, model: nn.Module, seed: int = 0) -> None:
         super().__init__(model)
         self.seed = int(seed)
-        self._gen = torch.Generator().manual_seed(self.seed)
 
     def attribute(self, images: Tensor, target: Tensor) -> Tensor:  # noqa: D102
-        b, _, h, w = images.shape
-        return torch.rand(b, 1, h, w, generator=self._gen).to(images.device)
+        _, _, h, w = images.shape
+        maps = []
+        for x in images.detach().cpu().contiguous():
+            digest = hashlib.sha256(x.view(torch.uint8).numpy().tobytes()).digest()
+            gen = torch.Generator().manual_seed(self.seed ^ int.from_bytes(digest[:7], "little"))
+            maps.append(torch.rand(1, h, w, generator=gen))
+        return torch.stack(maps).to(images.device)

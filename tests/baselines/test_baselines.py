@@ -234,12 +234,14 @@ def test_rise_is_seeded():
     assert torch.allclose(a, b, atol=1e-6) and not torch.allclose(a, c)
 
 
-def test_random_map_is_seeded_per_instance():
+def test_random_map_is_a_function_of_seed_and_image():
     model = cnn()
     x = torch.randn(B, 3, S, S)
     first, second = build_method("random", model, {"seed": 4}), build_method("random", model, {"seed": 4})
     a1, a2 = first(x, 0), first(x, 0)
-    assert torch.equal(a1, second(x, 0)) and not torch.equal(a1, a2)
+    assert torch.equal(a1, a2) and torch.equal(a1, second(x, 0))  # resumable: no hidden generator state
+    assert torch.equal(first(x[1:], 0), a1[1:])  # the same map whatever the batch
+    assert not torch.equal(a1[0], a1[1]) and not torch.equal(build_method("random", model, {"seed": 5})(x, 0), a1)
 
 
 # ------------------------------------------------------------------------------------------------ known regions
