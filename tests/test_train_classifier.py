@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from fixtures import make_cub_tree, make_folder_tree
@@ -150,3 +152,15 @@ def test_head_is_replaced_for_the_papers_backbones(name):
     assert head and all(source[k].shape[0] == 1000 for k in head if k in source and source[k].dim() >= 1)
     own = model.state_dict()
     assert all(torch.equal(own[k], v) for k, v in source.items() if k not in head)
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).resolve().parents[1] / "configs" / "classifier").glob("*.yaml")),
+    ids=lambda p: p.name,
+)
+def test_every_shipped_classifier_config_loads(path):
+    from hdm_lightning.config import load_train_config
+
+    cfg = load_train_config(path, [])
+    assert cfg.backbone and cfg.trainer.max_epochs >= 1
