@@ -56,7 +56,12 @@ def table(out: Path, family: str) -> dict[str, dict[str, str]]:
 @pytest.mark.slow
 def test_comparison_writes_tables_curves_gallery_and_cost(config, tmp_path):
     out = tmp_path / "run"
-    assert explain_main(["--config", str(config), f"output.dir={out}"]) == 0
+    args = ["--config", str(config), f"output.dir={out}", "wandb.mode=offline", f"wandb.dir={tmp_path / 'wb'}"]
+    assert explain_main(args) == 0
+    (wb,) = (tmp_path / "wb" / "wandb").glob("offline-run-*")  # the comparison reached W&B too
+    logged = {p.name.split("_")[0] for p in (wb / "files" / "media").rglob("*") if p.is_file()}
+    assert {"deletion", "insertion", "summary"} <= logged, logged
+    assert list((wb / "files" / "media" / "table" / "tables").glob("deletion*.table.json"))
     for family in ("drop_increase", "deletion_insertion", "proportion", "segmentation", "cost"):
         rows = table(out, family)
         assert list(rows) == LABELS and all(r["images"] == "5" for r in rows.values()), family
