@@ -48,7 +48,8 @@ def _main(args: argparse.Namespace, load, run) -> int:
     except USER_ERRORS as e:
         print(f"error: {_message(e)}", file=sys.stderr)
         return 2
-    print(summary.line())
+    if summary is not None:
+        print(summary.line())
     return 0
 
 
@@ -63,9 +64,13 @@ def explain_main(argv: list[str] | None = None) -> int:
     )
 
     def run(cfg, settings):
-        from hdm_lightning.runner import run_explain
+        from hdm_lightning.distributed import launch
+        from hdm_lightning.runner import run_device, run_explain
 
-        return run_explain(cfg, settings)
+        t = cfg.trainer
+        shard = launch(cfg.device, t.devices, t.num_nodes, t.timeout_hours, single=run_device)
+        summary = run_explain(cfg, settings, shard)
+        return summary if shard.is_main else None  # one summary line, from rank 0
 
     return _main(ap.parse_args(argv), load_run_config, run)
 
@@ -80,8 +85,11 @@ def train_classifier_main(argv: list[str] | None = None) -> int:
     )
 
     def run(cfg):
+        from lightning.pytorch.utilities import rank_zero_only
+
         from hdm_lightning.train import run_training
 
-        return run_training(cfg)
+        summary = run_training(cfg)
+        return summary if rank_zero_only.rank == 0 else None  # one summary line, from rank 0
 
     return _main(ap.parse_args(argv), load_train_config, run)

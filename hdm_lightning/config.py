@@ -268,6 +268,19 @@ class EvaluationConfig:
 
 
 @dataclass
+class ProcessesConfig:
+    """How many processes share an explanation run (``trainer.*`` of ``explain.py``).
+
+    Images are sharded: each process explains whole batches of its own, on one device, with its own
+    single-device Lightning fits (mask gradients are never averaged across processes).
+    """
+
+    devices: int = 1  # processes per node: one per GPU (device=cuda/auto), or CPU processes (device=cpu)
+    num_nodes: int = 1  # nodes (torchrun --nnodes, SLURM --nodes)
+    timeout_hours: float = 24.0  # longest wait at the end of a run for the slowest process
+
+
+@dataclass
 class ExplainRunConfig:
     """``python explain.py --config <yaml> [key=value ...]``: one explanation run over a dataset."""
 
@@ -277,7 +290,8 @@ class ExplainRunConfig:
     explainer: dict[str, Any] = field(default_factory=dict)  # overrides of the method settings
     target: str = "predicted"  # explain the predicted class, or the dataset's 'label'
     batch_size: int = 4  # images explained together (each becomes n_vectors rows of one batch)
-    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:1
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:1 (cuda:<i> only with one process)
+    trainer: ProcessesConfig = field(default_factory=ProcessesConfig)  # several processes (DDP, torchrun, SLURM)
     progress: bool = True  # progress bar over images (and the stage in flight)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -360,6 +374,17 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
     _choice(cfg.wandb.mode, WANDB_MODES, "wandb.mode")
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size!r}")
+    if cfg.trainer.devices < 1 or cfg.trainer.num_nodes < 1 or cfg.trainer.timeout_hours <= 0:
+        raise ConfigError(
+            "trainer.devices and trainer.num_nodes must be >= 1 and trainer.timeout_hours > 0, got "
+            f"{cfg.trainer.devices}, {cfg.trainer.num_nodes}, {cfg.trainer.timeout_hours}"
+        )
+    if cfg.trainer.devices * cfg.trainer.num_nodes > 1 and ":" in cfg.device:
+        raise ConfigError(
+            f"device={cfg.device} names one device, but trainer.devices={cfg.trainer.devices} x "
+            f"trainer.num_nodes={cfg.trainer.num_nodes} processes need one each: use device=cuda (process i "
+            "takes cuda:<local rank i>) or device=cpu, or limit the GPUs with CUDA_VISIBLE_DEVICES"
+        )
     settings = method_config(cfg.method)
     if cfg.preset is not None:
         preset = Path(cfg.preset)

@@ -37,12 +37,13 @@ from torch import Tensor
 
 from hdm_lightning.config import ConfigError
 from hdm_lightning.data import IMAGE_EXTENSIONS, build_dataset, load_items
+from hdm_lightning.distributed import Shard
 from hdm_lightning.explainers import Explanation
 from hdm_lightning.io import atomic_torch_save, atomic_write_json, atomic_write_text, load_tensors
 from hdm_lightning.models import check_num_classes, load_classifier
 from hdm_lightning.viz import overlay, save_png, stage_strip
 
-__all__ = ["RunSummary", "check_run_folder", "output_names", "run_explain", "safe_name", "write_manifest"]
+__all__ = ["RunSummary", "check_run_folder", "output_names", "run_device", "run_explain", "safe_name", "write_manifest"]
 
 # Keys that change how a run goes, not what it computes: a rerun may change them and still resume.
 NON_RESULT_KEYS = (
@@ -50,6 +51,7 @@ NON_RESULT_KEYS = (
     "preset",
     "batch_size",
     "device",
+    "trainer",
     "progress",
     "output",
     "wandb",
@@ -224,7 +226,7 @@ def write_manifest(folder: Path, records: dict[str, dict] | None = None, order: 
 # ------------------------------------------------------------------------------------------- run
 
 
-def _device(name: str) -> torch.device:
+def run_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -347,21 +349,25 @@ def _image_tensors(item, out: Explanation | None, i: int, sal: Tensor, target: i
     return data
 
 
-def run_explain(cfg: DictConfig, settings: DictConfig, rank: int = 0, world: int = 1) -> RunSummary:
+def run_explain(cfg: DictConfig, settings: DictConfig, shard: Shard | None = None) -> RunSummary:
     """Explain every image of ``cfg.data`` with every method and write the outputs (see the module docstring).
 
     Args:
         cfg: the run config from :func:`hdm_lightning.config.load_run_config`.
         settings: the method settings from the same call.
-        rank: this process's index among ``world`` processes (batch ``k`` goes to rank ``k % world``).
-        world: number of processes sharing the run.
+        shard: this process's place among the run's processes (:func:`hdm_lightning.distributed.launch`);
+            ``None``: one process on ``cfg.device``. The batches still to explain are dealt out in turn
+            (batch ``todo[j]`` to rank ``j % world``); rank 0 writes config, manifest and tables and
+            owns the W&B run; the others write their images' files only.
 
     Raises:
         ConfigError, DatasetError, ValueError: a problem with the config, the data or the classifier,
             with its fix in the message (raised before any image is explained).
     """
+    shard = shard if shard is not None else Shard(device=run_device(cfg.device))
+    main = shard.is_main
     folder = Path(cfg.output.dir)
-    if rank == 0:
+    if main:  # may archive an old run; the others wait for it at the barrier below
         check_run_folder(folder, cfg)
     classifier = load_classifier(cfg.classifier)
     dataset = build_dataset(cfg.data, classifier.preprocess)
@@ -374,7 +380,7 @@ def run_explain(cfg: DictConfig, settings: DictConfig, rank: int = 0, world: int
                 f"target=label needs a label for every image, but {len(unlabelled)} have none (e.g. "
                 f"{unlabelled[0]!r}): use target=predicted, or a dataset with classes"
             )
-    device = _device(cfg.device)
+    device = shard.device
     model = classifier.model.to(device)
     runs = _method_runs(cfg, settings, model, folder)
     suite = None
@@ -387,43 +393,52 @@ def run_explain(cfg: DictConfig, settings: DictConfig, rank: int = 0, world: int
         except ValueError as e:
             raise ConfigError(f"evaluation: {e}") from None
     names = output_names(dataset.ids)
-    if rank == 0:
+    if main:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(OmegaConf.to_yaml(cfg), folder / "config.yaml")
+    shard.barrier()  # rank 0 has checked (or archived) the folder: everyone reads the same records
 
     for run in runs:
         run.records = _read_records(run.root)
     batches = [list(range(s, min(s + cfg.batch_size, len(dataset)))) for s in range(0, len(dataset), cfg.batch_size)]
-    mine = [(k, b) for k, b in enumerate(batches) if k % world == rank]
 
     def done_everywhere(item_id: str) -> bool:
         return all(item_id in run.finished for run in runs)
 
     summary = RunSummary(folder=folder)
-    summary.skipped = sum(1 for _, b in mine for i in b if done_everywhere(dataset.ids[i]))
-    todo = [(k, b) for k, b in mine if not all(done_everywhere(dataset.ids[i]) for i in b)]
-    pending = {k for k, _ in todo}
-    for k, _ in mine:
-        if k not in pending:  # its outputs were all written when an interruption came
-            shutil.rmtree(folder / ".work" / f"batch-{k:06d}", ignore_errors=True)
+    todo_all = [(k, b) for k, b in enumerate(batches) if not all(done_everywhere(dataset.ids[i]) for i in b)]
+    if main:
+        summary.skipped = sum(1 for i in range(len(dataset)) if done_everywhere(dataset.ids[i]))
+        pending = {k for k, _ in todo_all}
+        for k in range(len(batches)):
+            if k not in pending:  # its outputs were all written when an interruption came
+                shutil.rmtree(folder / ".work" / f"batch-{k:06d}", ignore_errors=True)
+    # Dealt out after the skip, so a resumed run (with any number of processes) stays balanced.
+    todo = shard.take(todo_all)
 
-    logger = _wandb_logger(cfg, folder) if rank == 0 else None
+    logger = _wandb_logger(cfg, folder) if main else None
     from tqdm import tqdm
 
     n_todo = sum(1 for _, b in todo for i in b if not done_everywhere(dataset.ids[i]))
-    print(
-        f"{', '.join(r.label for r in runs)} on {dataset.describe()}; classifier {classifier.name} "
-        f"({classifier.source}) on {device}; {len(dataset)} images, {summary.skipped} done before, {n_todo} to explain",
-        file=sys.stderr,
-    )
-    bar = tqdm(total=n_todo, unit="img", desc="explain", disable=not cfg.progress, file=sys.stderr)
+    n_all = sum(1 for _, b in todo_all for i in b if not done_everywhere(dataset.ids[i]))
+    if main:
+        where = f"{device}" if shard.world == 1 else f"{shard.world} processes ({device.type})"
+        print(
+            f"{', '.join(r.label for r in runs)} on {dataset.describe()}; classifier {classifier.name} "
+            f"({classifier.source}) on {where}; {len(dataset)} images, {summary.skipped} done before, "
+            f"{n_all} to explain",
+            file=sys.stderr,
+        )
+    desc = "explain" if shard.world == 1 else f"explain (rank 0 of {shard.world})"
+    bar = tqdm(total=n_todo, unit="img", desc=desc, disable=not (cfg.progress and main), file=sys.stderr)
     callbacks = []
-    if cfg.progress:
+    if cfg.progress and main:
         from hdm_lightning.callbacks.logging import StageProgress
 
         callbacks.append(StageProgress(bar))
     logged_images = 0
     gallery_ids = set(dataset.ids[: int(cfg.evaluation.gallery)]) if len(runs) > 1 else set()
+    completed = False
     try:
         for k, indices in todo:
             items, failed = load_items(dataset, indices)
@@ -503,13 +518,21 @@ def run_explain(cfg: DictConfig, settings: DictConfig, rank: int = 0, world: int
             summary.seconds += batch_seconds
             bar.update(len(new))
             shutil.rmtree(work, ignore_errors=True)
-            if rank == 0:
+            if main:  # rank 0's view so far; the full manifest is written when every process is done
                 _write_manifest_all(folder, runs, dataset.ids)
             if logger is not None:
                 logged_images = _log_batch(logger, cfg, runs, pictures, classifier, logged_images)
+        completed = True
     finally:
         bar.close()
-        if rank == 0:
+        if completed and shard.world > 1:
+            shard.barrier()  # the slowest process has written its records
+            done, failed, seconds = shard.sum([summary.done, summary.failed, summary.seconds])
+            summary.done, summary.failed, summary.seconds = int(done), int(failed), seconds
+        tables = {}
+        if main:
+            for run in runs:  # every process's images (all of them once the run is complete)
+                run.records = _read_records(run.root)
             _write_manifest_all(folder, runs, dataset.ids)
             work_root = folder / ".work"
             if work_root.is_dir() and not any(work_root.iterdir()):

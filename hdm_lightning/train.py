@@ -21,6 +21,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from hdm_lightning.config import ConfigError
@@ -89,7 +90,11 @@ def run_training(cfg: DictConfig) -> TrainSummary:
 
     folder = Path(cfg.output.dir)
     last = folder / "checkpoints" / "last.ckpt"
-    check_run_folder(folder, cfg, NON_RESULT_KEYS)
+    # Under DDP Lightning re-runs this script once per extra device (or torchrun/SLURM start every
+    # process): only the first process may archive an old run or write the shared files.
+    main = rank_zero_only.rank == 0
+    if main:
+        check_run_folder(folder, cfg, NON_RESULT_KEYS)
     L.seed_everything(int(cfg.seed), verbose=False)
     if cfg.init.kind == "imagenet" and not cfg.backbone.startswith("timm/") and cfg.backbone != "small_cnn":
         preprocess = torchvision_weights_preprocess(cfg.backbone, cfg.init.weights)
@@ -130,12 +135,13 @@ def run_training(cfg: DictConfig) -> TrainSummary:
         max_epochs=int(cfg.trainer.max_epochs),
         model=model,
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(OmegaConf.to_yaml(cfg), folder / "config.yaml")
-    print(
-        f"training {cfg.backbone} ({source}) on {data.train_set.describe()}; validating on {data.val_set.describe()}",
-        file=sys.stderr,
-    )
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(OmegaConf.to_yaml(cfg), folder / "config.yaml")
+        print(
+            f"training {cfg.backbone} ({source}) on {data.train_set.describe()}; validating on {data.val_set.describe()}",
+            file=sys.stderr,
+        )
 
     best = ModelCheckpoint(
         dirpath=folder / "checkpoints",

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import lightning as L
+from lightning.fabric.plugins.environments import LightningEnvironment
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
@@ -112,6 +113,17 @@ class _FrozenClassifierFit(L.LightningModule):
         self.history[: self._step] = state["history"].to(self.history)
         self._load_extra_state(state["extra"])
         self._resume_optimizer = state["optimizer"]
+
+    def setup(self, stage: str) -> None:
+        """Refuse a multi-process strategy: it would average the mask gradients of different images."""
+        if self.trainer.world_size > 1:
+            raise RuntimeError(
+                f"{type(self).__name__} ({self.prefix!r}) was given a Trainer with {self.trainer.world_size} "
+                f"processes ({type(self.trainer.strategy).__name__}). Its parameters are the masks of single "
+                "images: DDP would average the gradients of different images' masks across processes and "
+                "give wrong maps. Fit it on one device per process, and share images, not masks, between "
+                "processes: explain.py trainer.devices=N does that (hdm_lightning.distributed)."
+            )
 
     def on_train_start(self) -> None:  # noqa: D102
         if self._resume_optimizer is not None:
@@ -415,6 +427,8 @@ def run_fit(
     kwargs = dict(
         accelerator=accelerator,
         devices=devices,
+        # One process, whatever the job around it: no SLURM/torchelastic validation or requeue signals here.
+        plugins=[LightningEnvironment()],
         max_steps=module.remaining_steps,
         max_epochs=1,
         precision=precision,
