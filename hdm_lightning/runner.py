@@ -227,6 +227,7 @@ def write_manifest(folder: Path, records: dict[str, dict] | None = None, order: 
 
 
 def run_device(name: str) -> torch.device:
+    """The torch device a ``device:`` setting names (``auto``: CUDA when available), or a ConfigError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

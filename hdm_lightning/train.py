@@ -139,7 +139,8 @@ def run_training(cfg: DictConfig) -> TrainSummary:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(OmegaConf.to_yaml(cfg), folder / "config.yaml")
         print(
-            f"training {cfg.backbone} ({source}) on {data.train_set.describe()}; validating on {data.val_set.describe()}",
+            f"training {cfg.backbone} ({source}) on {data.train_set.describe()}; "
+            f"validating on {data.val_set.describe()}",
             file=sys.stderr,
         )
 

@@ -95,7 +95,8 @@ def test_two_processes_match_one(folder, single, tmp_path):
     lines = [ln for ln in stdout.splitlines() if "images explained" in ln]
     assert len(lines) == 1 and lines[0].startswith("7 images explained, 0 skipped"), stdout
     same_results(single, out)
-    manifest = list(csv.DictReader(open(out / "manifest.csv")))
+    with open(out / "manifest.csv") as f:
+        manifest = list(csv.DictReader(f))
     for method in ("hdm", "gradcam", "rise"):  # each image once per method, no sampler padding
         ids = [r["id"] for r in manifest if r["method"] == method]
         assert len(ids) == len(set(ids)) == 7
