@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from hdm_lightning.config import InitConfig
 from hdm_lightning.models import build_backbone, load_classifier_checkpoint
 from hdm_lightning.models.lightning_classifier import initial_backbone, transfer_weights
 
+REPO = Path(__file__).resolve().parents[1]
 TINY = [
     "backbone=resnet18",
     "init.kind=random",
@@ -164,3 +168,31 @@ def test_every_shipped_classifier_config_loads(path):
 
     cfg = load_train_config(path, [])
     assert cfg.backbone and cfg.trainer.max_epochs >= 1
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_epoch(tmp_path):
+    """trainer.devices=2 on CPU: DDP over gloo, each process trains on half of every epoch; one checkpoint."""
+    out = tmp_path / "ddp"
+    args = [
+        sys.executable,
+        str(REPO / "train_classifier.py"),
+        "--config",
+        str(REPO / "configs" / "classifier" / "synthetic.yaml"),
+        f"output.dir={out}",
+        "wandb.mode=disabled",
+        "trainer.devices=2",
+        "trainer.max_epochs=1",
+        "data.synthetic.num_images=128",
+        "val_limit=64",
+        "batch_size=16",
+    ]
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "RANK", "NODE_RANK")}
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = [ln for ln in proc.stdout.splitlines() if "explain it with classifier.checkpoint=" in ln]
+    assert len(summaries) == 1, proc.stdout  # one summary line, from rank 0
+    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 128 // 16 // 2  # half of the 8 batches per process
+    clf = load_classifier_checkpoint(out / "classifier.pt")
+    assert clf.num_classes == 4
