@@ -18,15 +18,16 @@ from omegaconf.errors import OmegaConfBaseException
 class ThresholdConfig:
     """Threshold ``gamma``: ``kind: quantile`` (per-image quantile in [0, 1]) or ``kind: value``."""
 
-    kind: str = "quantile"
-    value: float = 0.5
+    kind: str = "quantile"  # quantile (per-image quantile of the combined map) | value (an absolute level)
+    value: float = 0.5  # the quantile in [0, 1] (0.5: the median) or the absolute level
 
 
 @dataclass
 class ScheduleConfig:
     """A registered mask schedule by ``name``; ``params`` are its ``__init__`` arguments."""
 
-    name: str = "dm"
+    name: str = "dm"  # a registered mask schedule: dm | mdm | one registered by an `imports:` module
+    # the schedule's __init__ arguments (dm: sizes, factors, epochs, lr, eta, ...)
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -38,10 +39,10 @@ class EarlyStopConfig:
     so batched training still equals training each vector alone.
     """
 
-    enabled: bool = False
-    min_steps: int = 2000
-    patience: int = 200
-    min_delta: float = 0.0
+    enabled: bool = False  # stop each (vector, image) row on its own loss plateau
+    min_steps: int = 2000  # never before this many steps
+    patience: int = 200  # steps without an improvement larger than min_delta
+    min_delta: float = 0.0  # smallest loss decrease that counts as an improvement
 
 
 @dataclass
@@ -53,12 +54,12 @@ class EngineConfig:
     ``channels_last`` converts the classifier (restored afterwards) and the masked batch.
     """
 
-    precision: str = "32-true"
-    channels_last: bool = False
-    max_rows: int | None = None
-    seed: int = 0
-    progress_bar: bool = False
-    log_every_n_steps: int = 50
+    precision: str = "32-true"  # Lightning precision of the fits: 32-true | bf16-mixed | 16-mixed | 64-true
+    channels_last: bool = False  # channels_last memory format for the classifier (restored) and masked batch
+    max_rows: int | None = None  # masked images per forward/backward (gradients accumulated); null: all at once
+    seed: int = 0  # seed set before each explanation (reproducible maps)
+    progress_bar: bool = False  # Lightning's progress bar inside each fit
+    log_every_n_steps: int = 50  # loss logging interval of the fits
     checkpoint_every_n_steps: int | None = None  # with a work folder: save the fit in flight every N steps
     checkpoint_every_n_seconds: float | None = 60.0  # ... and/or every this many seconds
 
@@ -80,8 +81,8 @@ class DMConfig:
 class MixingConfig:
     """HDM's learned mixing (papers/001 Eq. 3-5): Adam on ``v`` (initialised to ones)."""
 
-    epochs: int = 400
-    lr: float = 0.1
+    epochs: int = 400  # optimiser steps of the mixing fit
+    lr: float = 0.1  # Adam learning rate of v
     lam: float = 1e-4  # lambda, weight of L_R(M_h)
 
 
@@ -99,8 +100,8 @@ class MDMConfig:
 
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig("mdm"))
     threshold: ThresholdConfig = field(default_factory=lambda: ThresholdConfig("value", 5.0))
-    upsample: str = "bilinear"
-    tau: float = 0.5
+    upsample: str = "bilinear"  # g: 'bilinear' (align_corners=False) or 'nearest'
+    tau: float = 0.5  # initial mask value
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
 
@@ -175,10 +176,11 @@ class DataConfig:
     mask pairs, iChallenge-PM style), ``synthetic`` (generated shapes with ground-truth masks).
     """
 
-    kind: str = "photos"
+    kind: str = "photos"  # photos | folder | cub | pairs | synthetic
     root: str | None = None  # dataset folder (folder, cub, pairs)
     split: str = "test"  # cub: test | train | all (train_test_split.txt); synthetic: train | val | test
-    photos: list[str] = field(default_factory=lambda: ["chelsea", "coffee", "rocket"])  # kind: photos
+    # kind photos: shipped photos (chelsea, coffee, rocket, motorcycle, camera, astronaut, china, flower)
+    photos: list[str] = field(default_factory=lambda: ["chelsea", "coffee", "rocket"])
     images_dir: str = "images"  # pairs: sub-folder holding the images
     masks_dir: str = "masks"  # pairs: sub-folder holding the masks (same file stem)
     masks_invert: bool = False  # pairs: true when the masks draw the foreground black on white
@@ -191,10 +193,10 @@ class DataConfig:
 class PreprocessConfig:
     """Overrides of the classifier's own preprocessing (``None`` keeps the classifier's value)."""
 
-    size: int | None = None
-    resize: int | None = None
-    mean: list[float] | None = None
-    std: list[float] | None = None
+    size: int | None = None  # centre-crop side in pixels
+    resize: int | None = None  # short side before the crop
+    mean: list[float] | None = None  # per-channel mean of the normalisation
+    std: list[float] | None = None  # per-channel std of the normalisation
     interpolation: str | None = None  # bicubic | bilinear
 
 
@@ -210,10 +212,13 @@ class ClassifierConfig:
     checkpoint nor weights; smoke tests only).
     """
 
+    # bundled_efficientnet_lite0 | a torchvision name (resnet50) | timm/<name> | small_cnn
     name: str = "bundled_efficientnet_lite0"
+    # a classifier file written by train_classifier.py (names backbone, classes, preprocessing)
     checkpoint: str | None = None
+    # torchvision weight enum (ResNet50_Weights.IMAGENET1K_V2), read from the torch hub cache
     weights: str | None = None
-    num_classes: int | None = None
+    num_classes: int | None = None  # head size of a randomly initialised model (no checkpoint, no weights: smoke tests)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
 
@@ -232,10 +237,10 @@ class WandbConfig:
     """Weights & Biases run (Lightning's WandbLogger): one run per invocation."""
 
     mode: str = "offline"  # offline (sync later with `wandb sync`) | online | disabled
-    project: str = "hdm_lightning"
+    project: str = "hdm_lightning"  # W&B project
     name: str | None = None  # run name; default: W&B's
     dir: str | None = None  # where W&B writes its files; default: the run folder
-    tags: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)  # W&B run tags
     max_images: int = 64  # overlays and stage strips sent to W&B over the run (they are all on disk)
 
 
@@ -247,7 +252,7 @@ class MethodEntry:
     they name the run's ``method``, else that method's defaults.
     """
 
-    name: str = "gradcam"
+    name: str = "gradcam"  # a registered method: hdm, dm, mdm, gradcam, rise, ... (see Comparing methods)
     label: str | None = None  # its name in tables and folders (default: name); one method may appear twice
     params: dict[str, Any] = field(default_factory=dict)  # the method's __init__ arguments
 
@@ -428,10 +433,10 @@ class OptimConfig:
     """Optimiser and schedule: cosine decay over the epochs after a linear warm-up."""
 
     name: str = "sgd"  # sgd (momentum 0.9, nesterov) | adamw
-    lr: float = 0.01
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
+    lr: float = 0.01  # peak learning rate
+    weight_decay: float = 1e-4  # decoupled (adamw) or L2 (sgd) weight decay
+    warmup_epochs: int = 0  # linear warm-up epochs before the cosine decay
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
 
 
 @dataclass
@@ -439,14 +444,14 @@ class TrainerRunConfig:
     """The Lightning Trainer of a training run."""
 
     accelerator: str = "auto"  # auto | cpu | gpu
-    devices: int = 1
-    num_nodes: int = 1
+    devices: int = 1  # devices (processes) per node; > 1 trains with DDP
+    num_nodes: int = 1  # nodes (torchrun --nnodes, SLURM --nodes)
     precision: str = "auto"  # auto: 16-mixed on GPUs, 32-true on CPUs; or any Lightning precision
-    max_epochs: int = 30
-    early_stopping_patience: int | None = None  # epochs without a better val/acc1; None: no early stop
-    limit_train_batches: float | None = None  # for smoke tests
-    limit_val_batches: float | None = None
-    log_every_n_steps: int = 20
+    max_epochs: int = 30  # training epochs
+    early_stopping_patience: int | None = None  # epochs without a better val/acc1; null: no early stop
+    limit_train_batches: float | None = None  # share or number of training batches per epoch (smoke tests)
+    limit_val_batches: float | None = None  # share or number of validation batches per epoch
+    log_every_n_steps: int = 20  # logging interval in steps
 
 
 @dataclass
@@ -462,9 +467,9 @@ class TrainClassifierConfig:
     val_split: str = "test"  # ... and for validation (CUB has train/test; synthetic train/val/test)
     val_fraction: float = 0.1  # image folders without train/ and val/ sub-folders: share held out
     val_limit: int | None = None  # validate on the first N images of the validation split only
-    batch_size: int = 32
-    num_workers: int = 0
-    seed: int = 0
+    batch_size: int = 32  # images per step (per process under DDP)
+    num_workers: int = 0  # DataLoader worker processes
+    seed: int = 0  # seed of weights init, split and shuffling
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerRunConfig = field(default_factory=TrainerRunConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(kind="cub"))
