@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -180,3 +181,15 @@ def test_distribution_config_errors(tmp_path, capsys):
         assert explain_main(["--config", TINY, f"output.dir={tmp_path / 'o'}", *overrides]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err, (overrides, err)
+
+
+@pytest.mark.slow
+def test_process_benchmark_reports_a_table(folder, tmp_path, capsys):
+    from hdm_lightning.benchmark_processes import main
+
+    raw = tmp_path / "bench.json"
+    args = ["--config", TINY, "--processes", "1", "--repeats", "1", "--json", str(raw), f"data.root={folder}"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| 1 |" in out and "×1.00" in out
+    assert json.loads(raw.read_text())["images"] == 7
