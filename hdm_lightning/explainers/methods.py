@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -117,6 +118,15 @@ class _Explainer:
             selector = ActivationSelector(model, images, target)
             out = self._explain(model, images, selector, settings)
         out.seconds = time.perf_counter() - start
+        empty = int((out.saliency.flatten(1).amax(1) <= 0).sum())
+        if empty:
+            t = self.cfg.threshold
+            warnings.warn(
+                f"{self.name}: {empty} of {images.shape[0]} maps are all zero: the threshold gamma "
+                f"({t.kind} {t.value:g}) is at or above every value of the combined mask. Train longer, or lower "
+                "threshold.value (e.g. threshold: {kind: quantile, value: 0.5})",
+                stacklevel=2,
+            )
         return out
 
     def fingerprint(self, model: nn.Module, images: Tensor, target: Target) -> str:

@@ -202,3 +202,11 @@ def test_channels_last_and_bf16_engine_options():
     a, b = bf.stages[0].combined.flatten(), base.stages[0].combined.flatten()
     assert (a - b).abs().mean() < 0.05 * b.abs().mean()  # bf16 moves a few trajectories, not the map
     assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.98
+
+
+def test_an_all_zero_map_is_warned_about(images):
+    """MDM's paper threshold (gamma = 5 on the sum of the masks) is out of reach of two masks in [0, 1]."""
+    cfg = {**_tiny_cfg("mdm"), "threshold": {"kind": "value", "value": 5.0}}
+    with pytest.warns(UserWarning, match=r"mdm: \d of \d maps are all zero: the threshold gamma \(value 5\)"):
+        out = hl.explain(tiny_cnn(), images, "mdm", config=cfg)
+    assert float(out.saliency.max()) == 0.0
