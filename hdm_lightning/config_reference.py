@@ -102,8 +102,11 @@ def _fmt(value) -> str:
     return f"`{value}`"
 
 
-def keys(schema: type, prefix: str = "") -> list[tuple[str, object, str]]:
+def keys(schema: type, prefix: str = "", instance=None) -> list[tuple[str, object, str]]:
     """``(dotted key, default, meaning)`` of every leaf of ``schema`` (nested dataclasses expanded).
+
+    ``instance``: the default object of a nested field, whose values can differ from its class's
+    (e.g. MDM's ``threshold``); its values are the defaults then.
 
     Raises:
         UndocumentedKeyError: a leaf without a meaning (a comment next to the field, or ``help`` metadata).
@@ -113,14 +116,9 @@ def keys(schema: type, prefix: str = "") -> list[tuple[str, object, str]]:
     for f in dataclasses.fields(schema):
         key = f"{prefix}{f.name}"
         kind = hints.get(f.name)
-        default = _default(f)
+        default = getattr(instance, f.name) if instance is not None else _default(f)
         if dataclasses.is_dataclass(kind):
-            out += keys(kind, key + ".")
-            if dataclasses.is_dataclass(default) and dataclasses.asdict(default) != dataclasses.asdict(kind()):
-                # a nested config whose defaults differ from its class's (e.g. MDM's threshold)
-                changed = dataclasses.asdict(default)
-                n = len(key) + 1
-                out = [(k, changed.get(k[n:], d), m) if k.startswith(key + ".") else (k, d, m) for k, d, m in out]
+            out += keys(kind, key + ".", default if dataclasses.is_dataclass(default) else None)
             continue
         meaning = _meaning(schema, f)
         if not meaning:
