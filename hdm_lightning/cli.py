@@ -65,10 +65,10 @@ def explain_main(argv: list[str] | None = None) -> int:
 
     def run(cfg, settings):
         from hdm_lightning.distributed import launch
-        from hdm_lightning.runner import run_device, run_explain
+        from hdm_lightning.runner import run_explain
 
         t = cfg.trainer
-        shard = launch(cfg.device, t.devices, t.num_nodes, t.timeout_hours, single=run_device)
+        shard = launch(cfg.device, t.devices, t.num_nodes, t.timeout_hours)
         summary = run_explain(cfg, settings, shard)
         return summary if shard.is_main else None  # one summary line, from rank 0
 

@@ -22,7 +22,7 @@ import torch
 
 from hdm_lightning.config import ConfigError
 
-__all__ = ["Shard", "launch", "launched_processes"]
+__all__ = ["Shard", "launch", "launched_processes", "run_device"]
 
 
 @dataclass
@@ -56,6 +56,19 @@ class Shard:
         return self.fabric.all_reduce(t, reduce_op="sum").tolist()
 
 
+def run_device(name: str) -> torch.device:
+    """The torch device a ``device:`` setting names (``auto``: CUDA when available), or a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"device {name!r} is not a torch device ({e}): use auto, cpu, cuda or cuda:<index>") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here: use device=cpu (or auto)")
+    return device
+
+
 def launched_processes() -> int:
     """How many processes torchrun or SLURM started for this job (1 when started by hand)."""
     if "TORCHELASTIC_RUN_ID" in os.environ or ("WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ):
@@ -79,10 +92,10 @@ def _accelerator(device: str) -> str:
     raise ConfigError(f"device={device} cannot be shared by several processes: use device=cuda, auto or cpu")
 
 
-def launch(device: str, devices: int = 1, num_nodes: int = 1, timeout_hours: float = 24.0, single=None) -> Shard:
+def launch(device: str, devices: int = 1, num_nodes: int = 1, timeout_hours: float = 24.0) -> Shard:
     """Start (or join) the processes of a run and return this one's :class:`Shard`.
 
-    With one process in all this is just the device (``single(device)``, no process group). Otherwise
+    With one process in all this is just the device (:func:`run_device`, no process group). Otherwise
     Lightning Fabric's DDP strategy launches the missing local processes (or joins those torchrun/SLURM
     started), sets up the process group (gloo on CPUs, NCCL on GPUs) and gives each its device.
 
@@ -99,7 +112,7 @@ def launch(device: str, devices: int = 1, num_nodes: int = 1, timeout_hours: flo
             "trainer.num_nodes=<nodes> to match torchrun/srun"
         )
     if wanted == 1:
-        return Shard(device=single(device) if single is not None else torch.device(device))
+        return Shard(device=run_device(device))
     from lightning.fabric import Fabric
     from lightning.fabric.strategies import DDPStrategy
 

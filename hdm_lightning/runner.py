@@ -37,13 +37,13 @@ from torch import Tensor
 
 from hdm_lightning.config import ConfigError
 from hdm_lightning.data import IMAGE_EXTENSIONS, build_dataset, load_items
-from hdm_lightning.distributed import Shard
+from hdm_lightning.distributed import Shard, run_device
 from hdm_lightning.explainers import Explanation
 from hdm_lightning.io import atomic_torch_save, atomic_write_json, atomic_write_text, load_tensors
 from hdm_lightning.models import check_num_classes, load_classifier
 from hdm_lightning.viz import overlay, save_png, stage_strip
 
-__all__ = ["RunSummary", "check_run_folder", "output_names", "run_device", "run_explain", "safe_name", "write_manifest"]
+__all__ = ["RunSummary", "check_run_folder", "output_names", "run_explain", "safe_name", "write_manifest"]
 
 # Keys that change how a run goes, not what it computes: a rerun may change them and still resume.
 NON_RESULT_KEYS = (
@@ -224,19 +224,6 @@ def write_manifest(folder: Path, records: dict[str, dict] | None = None, order: 
 
 
 # ------------------------------------------------------------------------------------------- run
-
-
-def run_device(name: str) -> torch.device:
-    """The torch device a ``device:`` setting names (``auto``: CUDA when available), or a ConfigError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise ConfigError(f"device {name!r} is not a torch device ({e}): use auto, cpu, cuda or cuda:<index>") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here: use device=cpu (or auto)")
-    return device
 
 
 def _wandb_logger(cfg: DictConfig, folder: Path):
@@ -532,8 +519,9 @@ def run_explain(cfg: DictConfig, settings: DictConfig, shard: Shard | None = Non
             summary.done, summary.failed, summary.seconds = int(done), int(failed), seconds
         tables = {}
         if main:
-            for run in runs:  # every process's images (all of them once the run is complete)
-                run.records = _read_records(run.root)
+            if shard.world > 1:
+                for run in runs:  # every process's images (all of them once the run is complete)
+                    run.records = _read_records(run.root)
             _write_manifest_all(folder, runs, dataset.ids)
             work_root = folder / ".work"
             if work_root.is_dir() and not any(work_root.iterdir()):
