@@ -261,7 +261,8 @@ class MethodEntry:
 class EvaluationConfig:
     """The papers' metrics (``hdm_lightning.metrics``) over every compared method's maps."""
 
-    metrics: list[str] = field(default_factory=list)  # drop_increase | deletion_insertion | proportion | segmentation
+    # drop_increase | deletion_insertion | proportion | segmentation | stability (maps vs the method's own reruns)
+    metrics: list[str] = field(default_factory=list)
     batch_size: int = 64  # perturbed images per forward pass
     steps: int = 100  # deletion/insertion: 1 % of the pixels per step
     insertion_canvas: str = "blur"  # blur | zero (black)
@@ -270,6 +271,10 @@ class EvaluationConfig:
     drop_percents: list[int] = field(default_factory=lambda: [70, 80, 90])  # muted share of the pixels
     segmentation_percents: list[int] = field(default_factory=lambda: list(range(70, 100)))  # binarising percentiles
     gallery: int = 16  # images shown side by side with every method's map (papers/001 Fig. 4)
+    stability_noise: list[float] = field(default_factory=lambda: [1e-6, 1e-3])  # stability: reruns on x + eps*N(0,1)
+    stability_batch: bool = True  # stability: rerun each image in another batch (alone, or with 2 flipped copies)
+    stability_threads: bool = False  # stability: rerun with torch.set_num_threads(1) (CPU runs on several threads)
+    stability_top_k: list[float] = field(default_factory=lambda: [0.05, 0.2])  # stability: IoU of the top-k fractions
 
 
 @dataclass

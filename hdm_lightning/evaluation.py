@@ -5,6 +5,10 @@ classes, scores them with :mod:`hdm_lightning.metrics` batch by batch, and store
 its record. The tables are means over those records, so they are the same whether a run went through
 in one piece, was resumed, or was spread over several processes (the per-image values of torchmetrics'
 sum/count states, averaged).
+
+The ``stability`` family reruns each method on the same images under conditions that should not change the
+map (input noise far below a grey level, another batch, one thread: :mod:`hdm_lightning.metrics.stability`)
+and scores the agreement of the maps (``tables/stability.*``, higher is better).
 """
 
 from __future__ import annotations
@@ -21,7 +25,15 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from hdm_lightning.io import atomic_path, atomic_write_text
-from hdm_lightning.metrics import METRIC_FAMILIES, saliency_metrics
+from hdm_lightning.metrics import EVALUATION_FAMILIES, METRIC_FAMILIES, saliency_metrics
+from hdm_lightning.metrics.stability import (
+    MapStability,
+    check_noise,
+    check_top_k,
+    condition_names,
+    rerun_conditions,
+    sort_key,
+)
 
 __all__ = ["MetricSuite", "gallery", "write_curves", "write_tables"]
 
@@ -41,6 +53,7 @@ HIGHER_IS_BETTER = {
     "seconds_per_image": False,
     "forward_per_image": False,
     "backward_per_image": False,
+    "stability": True,  # stability/<condition>/<column>: agreement with the method's own reruns
 }
 
 
@@ -49,16 +62,16 @@ class MetricSuite:
 
     Args:
         model: the classifier (model-based metrics score perturbed images with it).
-        families: names from :data:`hdm_lightning.metrics.METRIC_FAMILIES`.
-        evaluation: the run's ``evaluation`` config (batch size, steps, canvases, percents).
+        families: names from :data:`hdm_lightning.metrics.EVALUATION_FAMILIES`.
+        evaluation: the run's ``evaluation`` config (batch size, steps, canvases, percents, ``stability_*``).
         mean: the classifier's normalisation mean (for "black" = 0 in raw pixels).
         std: its std.
     """
 
     def __init__(self, model, families: Sequence[str], evaluation, mean, std) -> None:
-        unknown = [f for f in families if f not in METRIC_FAMILIES]
+        unknown = [f for f in families if f not in EVALUATION_FAMILIES]
         if unknown:
-            raise ValueError(f"unknown metric families {unknown}: use any of {sorted(METRIC_FAMILIES)}")
+            raise ValueError(f"unknown metric families {unknown}: use any of {sorted(EVALUATION_FAMILIES)}")
         params = {
             "drop_increase": {"percents": tuple(evaluation.drop_percents), "baseline": evaluation.drop_baseline},
             "deletion_insertion": {
@@ -68,8 +81,8 @@ class MetricSuite:
             },
             "segmentation": {"percents": tuple(evaluation.segmentation_percents)},
         }
-        plain = [f for f in families if not METRIC_FAMILIES[f].requires_mask]
-        masked = [f for f in families if METRIC_FAMILIES[f].requires_mask]
+        plain = [f for f in families if f in METRIC_FAMILIES and not METRIC_FAMILIES[f].requires_mask]
+        masked = [f for f in families if f in METRIC_FAMILIES and METRIC_FAMILIES[f].requires_mask]
 
         def build(names):
             if not names:
@@ -79,6 +92,21 @@ class MetricSuite:
 
         self.families = list(families)
         self.plain, self.masked = build(plain), build(masked)
+        self.stability: MapStability | None = None
+        if "stability" in families:
+            self.stability_settings = {
+                "noise": check_noise(list(evaluation.stability_noise), "evaluation.stability_noise"),
+                "batch": bool(evaluation.stability_batch),
+                "threads": bool(evaluation.stability_threads),
+            }
+            top_k = check_top_k(list(evaluation.stability_top_k), "evaluation.stability_top_k")
+            conditions = condition_names(**self.stability_settings)
+            if not conditions:
+                raise ValueError(
+                    "metric family 'stability' has no condition: give evaluation.stability_noise levels, or set "
+                    "evaluation.stability_batch or evaluation.stability_threads to true"
+                )
+            self.stability = MapStability(conditions, top_k)
 
     @property
     def forward_passes(self) -> int:
@@ -87,8 +115,22 @@ class MetricSuite:
             getattr(m, "forward_passes", 0) for c in (self.plain, self.masked) if c is not None for m in c.values()
         )
 
-    def per_image(self, images: Tensor, maps: Tensor, target: Tensor, masks: list[Tensor | None]) -> list[dict]:
-        """Every metric value of every image (``NaN`` where an image has no mask), curves as lists."""
+    def per_image(
+        self,
+        images: Tensor,
+        maps: Tensor,
+        target: Tensor,
+        masks: list[Tensor | None],
+        method=None,
+        ids: Sequence[str] | None = None,
+    ) -> list[dict]:
+        """Every metric value of every image (``NaN`` where an image has no mask), curves as lists.
+
+        ``method`` (the :class:`~hdm_lightning.baselines.base.SaliencyMethod` that made ``maps``) and ``ids`` (the
+        images' ids, which seed the noise) are needed by ``stability``, which calls the method again on the same
+        images and targets (:func:`~hdm_lightning.metrics.stability.rerun_conditions`: without the run's
+        checkpoints or logger, and restoring the method's cost counters and ``last_explanation`` afterwards).
+        """
         b = images.shape[0]
         out: list[dict] = [{} for _ in range(b)]
 
@@ -110,6 +152,14 @@ class MetricSuite:
                 mask = torch.stack([masks[i] for i in rows]).to(images.device)
                 self.masked.update(images[rows], maps[rows], target[rows], mask=mask)
                 collect(self.masked, rows)
+        if self.stability is not None:
+            if method is None or ids is None:
+                raise ValueError("metric family 'stability' reruns the method: pass per_image(..., method=, ids=)")
+            others = rerun_conditions(method, images, target, list(ids), **self.stability_settings)
+            self.stability.reset()
+            for condition, other in others.items():
+                self.stability.update(maps, other.to(maps.device), condition)
+            collect({"stability": self.stability}, list(range(b)))
         return out
 
 
@@ -122,12 +172,18 @@ def _mean(values: list) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
-ORDER = ("drop", "increase", "deletion", "insertion", "proportion", "dice", "iou", "ppv", "sensitivity")
+ORDER = ("drop", "increase", "deletion", "insertion", "proportion", "dice", "iou", "ppv", "sensitivity", "stability")
 
 
 def column_key(key: str) -> tuple:
-    """Sort key of a metric column: kind in the papers' order, then percent (``mean`` last)."""
+    """Sort key of a metric column: kind in the papers' order, then percent (``mean`` last).
+
+    ``stability/<condition>/<column>``: noise by level, ``batch``, ``threads``; ``pearson``, ``spearman``,
+    ``iou`` by fraction.
+    """
     head, _, tail = key.partition("/")
+    if head == "stability":
+        return (ORDER.index(head), *sort_key(tail))
     return (ORDER.index(head) if head in ORDER else len(ORDER), int(tail) if tail.isdigit() else 1000, tail)
 
 
@@ -145,6 +201,8 @@ def _family_of(key: str) -> str:
         return "deletion_insertion"
     if head in ("dice", "iou", "ppv", "sensitivity"):
         return "segmentation"
+    if head == "stability":
+        return "stability"
     return "proportion" if head == "proportion" else "other"
 
 

@@ -468,7 +468,9 @@ def run_explain(cfg: DictConfig, settings: DictConfig, shard: Shard | None = Non
                     "backward_per_image": run.method.backward_passes / n,
                 }
                 batch_seconds += run.method.seconds
-                values = suite.per_image(images, sal, targets, masks) if suite is not None else [{}] * n
+                values = [{}] * n
+                if suite is not None:  # after the cost above is read: "stability" calls the method again
+                    values = suite.per_image(images, sal, targets, masks, run.method, [it.id for it in items])
                 sal = sal.cpu()
                 maps[run.label] = sal
                 for i in todo_here:

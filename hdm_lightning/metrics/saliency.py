@@ -5,6 +5,8 @@
 - :class:`Proportion`: energy-based pointing game (Score-CAM; papers/001 §4.6, Table 3).
 - :class:`SegmentationScores`: Dice, IoU, PPV, Sensitivity of the binarised map (papers/002 §4.2, Table 1).
 - :func:`saliency_metrics`: a ``MetricCollection`` of the requested families by name.
+- ``stability`` (:class:`~hdm_lightning.metrics.stability.MapStability`): agreement of a method's maps with its own
+  reruns under conditions that should not matter; listed in :data:`EVALUATION_FAMILIES` with the families here.
 
 Shared contract:
 
@@ -48,8 +50,10 @@ from hdm_lightning.metrics.perturbation import (
     rank_positions,
     step_counts,
 )
+from hdm_lightning.metrics.stability import MapStability
 
 __all__ = [
+    "EVALUATION_FAMILIES",
     "METRIC_FAMILIES",
     "AverageDropIncrease",
     "DeletionInsertion",
@@ -474,6 +478,11 @@ METRIC_FAMILIES: dict[str, type[_SaliencyMetric]] = {
     "segmentation": SegmentationScores,
 }
 
+#: every family ``evaluation.metrics`` accepts: the map families above (``update(images, saliency, target,
+#: mask)``), and those that rerun the saliency method and compare maps (``requires_method``; see
+#: :class:`~hdm_lightning.metrics.stability.MapStability`, driven by :class:`hdm_lightning.evaluation.MetricSuite`).
+EVALUATION_FAMILIES: dict[str, type[Metric]] = {**METRIC_FAMILIES, "stability": MapStability}
+
 
 def saliency_metrics(
     model: nn.Module | None,
@@ -503,6 +512,12 @@ def saliency_metrics(
             family without a model.
     """
     names = [kind_names] if isinstance(kind_names, str) else list(kind_names)
+    reruns = [n for n in names if n in EVALUATION_FAMILIES and n not in METRIC_FAMILIES]
+    if reruns:
+        raise ValueError(
+            f"metric family {reruns[0]!r} reruns the saliency method and compares maps: build "
+            f"{EVALUATION_FAMILIES[reruns[0]].__name__} directly, or use hdm_lightning.evaluation.MetricSuite"
+        )
     unknown = [n for n in names if n not in METRIC_FAMILIES]
     if unknown:
         raise ValueError(f"Unknown saliency metric {unknown[0]!r}. Available: {list(METRIC_FAMILIES)}")
