@@ -65,6 +65,23 @@ class EngineConfig:
 
 
 @dataclass
+class MaskOptimConfig:
+    """The mask optimiser (``hdm_lightning.explainers.optim``): the papers' Adam, or the stable dynamics.
+
+    ``dynamics: paper`` is ``torch.optim.Adam`` at the schedule's constant ``lr``, last iterate (the papers'
+    exact dynamics; the other keys are ignored). ``dynamics: stable`` uses the keys below.
+    """
+
+    dynamics: str = "stable"  # stable (the keys below) | paper (Adam, constant lr, last iterate: the papers)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam's beta1, beta2
+    eps: float = 1e-8  # Adam's absolute eps
+    eps_relative: float | None = 4.0  # eps += this x rms of sqrt(v_hat) over each vector; null: absolute eps only
+    schedule: str = "cosine"  # learning-rate schedule within each fit: cosine (decay to 0) | constant
+    warmup: float = 0.1  # fraction of each fit's steps with a linear learning-rate warm-up
+    average_tail: float = 0.5  # result = mean of the iterates of this last fraction of steps (0: last iterate)
+
+
+@dataclass
 class DMConfig:
     """Dynamic masks (papers/001 §3.2; SPEC 'DM')."""
 
@@ -74,6 +91,7 @@ class DMConfig:
     upsample: str = "bilinear"  # g: 'bilinear' (align_corners=False) or 'nearest'
     tau: float = 0.5  # initial mask value
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    optim: MaskOptimConfig = field(default_factory=MaskOptimConfig)  # mask optimiser: stable dynamics | the papers
     engine: EngineConfig = field(default_factory=EngineConfig)
 
 
@@ -103,6 +121,7 @@ class MDMConfig:
     upsample: str = "bilinear"  # g: 'bilinear' (align_corners=False) or 'nearest'
     tau: float = 0.5  # initial mask value
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    optim: MaskOptimConfig = field(default_factory=MaskOptimConfig)  # mask optimiser: stable dynamics | the papers
     engine: EngineConfig = field(default_factory=EngineConfig)
 
 

@@ -8,6 +8,8 @@ that the batched engine can be checked against it. Slow by design; used by the t
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -58,11 +60,16 @@ def train_vector(
     guide=None,
     mode="bilinear",
     early=None,
+    optim=None,
 ):
-    """Train one vector on one image with Adam, clamping to [0, 1] after every step."""
+    """Train one vector on one image with Adam, clamping to [0, 1] after every step.
+
+    ``optim=None``: the papers' dynamics (``torch.optim.Adam``, constant lr, last iterate); a dict
+    (``eps_relative``, ``schedule``, ``warmup``, ``average_tail``): the stable dynamics, via :class:`Stepper`.
+    """
     h, w = x.shape[-2:]
     p = init.clone().requires_grad_(True)
-    opt = torch.optim.Adam([p], lr=lr)
+    opt = torch.optim.Adam([p], lr=lr) if optim is None else Stepper(p, lr, steps, optim)
     best, since = float("inf"), 0
     for step in range(steps):
         opt.zero_grad()
@@ -75,6 +82,8 @@ def train_vector(
         opt.step()
         with torch.no_grad():
             p.clamp_(0.0, 1.0)
+            if optim is not None:
+                opt.track(step)
         if early is not None:
             value = loss.item()
             if value < best - early["min_delta"]:
@@ -83,7 +92,63 @@ def train_vector(
                 since += 1
             if step + 1 >= early["min_steps"] and since >= early["patience"]:
                 break
-    return p.detach()
+    return p.detach() if optim is None else opt.result()
+
+
+class Stepper:
+    """Adam written out for one tensor, with the stable dynamics' options (independent of the package).
+
+    lr at step t (0-based, T steps, W = round(warmup T) warm-up steps): lr (t+1)/W while t < W, then
+    lr (1 + cos(pi (t - W) / (T - W))) / 2 for ``schedule: cosine`` (lr for ``constant``). Update:
+    p -= lr_t m_hat / (sqrt(v_hat) + eps + eps_relative sqrt(mean(v_hat))). The result is the mean of the
+    iterates after the last round(average_tail T) steps (the last iterate when that is 0).
+    """
+
+    def __init__(self, p, lr, steps, optim):
+        self.p, self.lr, self.steps = p, lr, steps
+        self.b1, self.b2 = optim.get("betas", (0.9, 0.999))
+        self.eps = optim.get("eps", 1e-8)
+        self.rel = optim.get("eps_relative")
+        self.schedule = optim.get("schedule", "constant")
+        self.warm = round(optim.get("warmup", 0.0) * steps)
+        self.tail_from = steps - round(optim.get("average_tail", 0.0) * steps)
+        self.m = torch.zeros_like(p)
+        self.v = torch.zeros_like(p)
+        self.t = 0
+        self.iterates = []
+
+    def zero_grad(self):
+        self.p.grad = None
+
+    def rate(self, t):
+        if t < self.warm:
+            return self.lr * (t + 1) / self.warm
+        if self.schedule == "constant":
+            return self.lr
+        return self.lr * 0.5 * (1 + math.cos(math.pi * (t - self.warm) / max(self.steps - self.warm, 1)))
+
+    @torch.no_grad()
+    def step(self):
+        grad = self.p.grad
+        lr = self.rate(self.t)
+        self.t += 1
+        self.m = self.b1 * self.m + (1 - self.b1) * grad
+        self.v = self.b2 * self.v + (1 - self.b2) * grad * grad
+        m_hat = self.m / (1 - self.b1**self.t)
+        v_hat = self.v / (1 - self.b2**self.t)
+        denom = v_hat.sqrt() + self.eps
+        if self.rel is not None:
+            denom = denom + self.rel * v_hat.mean().sqrt()
+        self.p -= lr * m_hat / denom
+
+    def track(self, step):
+        if step >= self.tail_from:
+            self.iterates.append(self.p.detach().clone())
+
+    def result(self):
+        if not self.iterates:
+            return self.p.detach()
+        return torch.stack(self.iterates).mean(0)
 
 
 def _targets(model, images, target):
@@ -119,6 +184,7 @@ def dm_one_image(
     reference_image=None,
     early=None,
     aux_epochs=None,
+    optim=None,
 ):
     """Algorithm 1 for one image ``x [1, C, H, W]``; the consistency target is f_p(x)."""
     h, w = x.shape[-2:]
@@ -130,7 +196,8 @@ def dm_one_image(
     for i, size in enumerate(sizes, start=1):
         a, b = (size, size) if isinstance(size, int) else tuple(size)
         d = train_vector(
-            model, x, target, ref, torch.full((1, 1, a, b), tau, dtype=x.dtype), epochs, lr, eta, mode=mode, early=early
+            model, x, target, ref, torch.full((1, 1, a, b), tau, dtype=x.dtype), epochs, lr, eta, mode=mode,
+            early=early, optim=optim,
         )
         vectors[f"d{i}"] = d
         for t in factors:
@@ -143,7 +210,9 @@ def dm_one_image(
                 init = g(d, ak, bk, mode).clamp(0, 1)  # Eq. 7
                 guide = g(prev, ak, bk, mode)
                 r = prev_act if aux_reference == "previous" else ref
-                c = train_vector(model, x, target, r, init, aux_epochs, lr, eta, guide=guide, mode=mode, early=early)
+                c = train_vector(
+                    model, x, target, r, init, aux_epochs, lr, eta, guide=guide, mode=mode, early=early, optim=optim
+                )
                 with torch.no_grad():
                     prev_act = activation(model, g(c * guide, h, w, mode) * x, target)
                 vectors[f"d{i}/t{t}/k{k}"] = c
@@ -179,6 +248,7 @@ def reference_dm(
     target=None,
     early=None,
     aux_epochs=None,
+    optim=None,
 ):
     """DM for every image, one image and one vector at a time."""
     model.eval()
@@ -199,6 +269,7 @@ def reference_dm(
             aux_reference,
             early=early,
             aux_epochs=aux_epochs,
+            optim=optim,
         )
         for b in range(images.shape[0])
     ]
@@ -218,6 +289,7 @@ def reference_mdm(
     threshold=("value", 5.0),
     target=None,
     early=None,
+    optim=None,
 ):
     """MDM (papers/002 Algorithm 1), one image and one vector at a time."""
     model.eval()
@@ -244,6 +316,7 @@ def reference_mdm(
                 reg_on="vector",
                 mode=upsample,
                 early=early,
+                optim=optim,
             )
             vectors[f"d{i}"] = d
             total = total + g(d, h, w, upsample)
@@ -259,7 +332,7 @@ def reference_mdm(
     return _stack(outs)
 
 
-def reference_hdm(model, images, stages, dm_kwargs, mix_epochs, mix_lr, lam, target=None):
+def reference_hdm(model, images, stages, dm_kwargs, mix_epochs, mix_lr, lam, target=None, optim=None):
     """HDM (papers/000 Algorithm 2), one image at a time; each DM run via :func:`dm_one_image`."""
     model.eval()
     targets = _targets(model, images, target)
@@ -274,19 +347,23 @@ def reference_hdm(model, images, stages, dm_kwargs, mix_epochs, mix_lr, lam, tar
         with torch.no_grad():
             ref = activation(model, x0, targets[b])
         v = torch.ones(stages, dtype=x0.dtype, requires_grad=True)
-        opt = torch.optim.Adam([v], lr=mix_lr)
+        opt = torch.optim.Adam([v], lr=mix_lr) if optim is None else Stepper(v, mix_lr, mix_epochs, optim)
         stacked = torch.cat(maps)  # [S, 1, H, W]
 
         def mix(v, stacked=stacked):
             w = torch.stack([(v[j:] ** 2).sum() for j in range(stages)])  # w_j = sum_{k>=j} v_k^2
             return (w[:, None, None, None] * stacked).sum(0, keepdim=True) / w.sum(), w
 
-        for _ in range(mix_epochs):
+        for step in range(mix_epochs):
             opt.zero_grad()
             mh, _ = mix(v)
             loss = (activation(model, mh * x0, targets[b]) - ref) ** 2 + lam * mh.abs().mean()
             loss.backward()
             opt.step()
+            if optim is not None:
+                opt.track(step)
+        if optim is not None:
+            v = opt.result()
         with torch.no_grad():
             mh, w = mix(v)
         out["saliency"].append(mh)

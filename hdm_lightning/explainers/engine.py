@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from hdm_lightning.callbacks.checkpoint import MaskCheckpoint, WorkStore
 from hdm_lightning.explainers.fit import EarlyStop, MaskStageModule, _FrozenClassifierFit, run_fit
+from hdm_lightning.explainers.optim import MaskOptim
 from hdm_lightning.masks.ops import upsample
 from hdm_lightning.schedules.base import MaskSchedule, Stage, validate_plan
 
@@ -31,6 +32,7 @@ class FitSettings:
     store: WorkStore | None = None  # mid-stage checkpoints of this batch (None: nothing saved)
     checkpoint_every_n_steps: int | None = None
     checkpoint_every_n_seconds: float | None = 60.0
+    optim: MaskOptim = field(default_factory=MaskOptim)  # the mask optimiser's dynamics
 
 
 def fit_resumable(module: _FrozenClassifierFit, key: str, settings: FitSettings) -> None:
@@ -159,10 +161,11 @@ def train_schedule(
             prefix=f"{prefix}/{stage.name}",
             log_every=settings.log_every,
             channels_last=settings.channels_last,
+            optim=settings.optim,
         )
         fit_resumable(module, key, settings)
         passes += module.passes
-        vectors = {v.name: p.detach().clone() for v, p in zip(stage.vectors, module.masks, strict=True)}
+        vectors = {v.name: p.detach().clone() for v, p in zip(stage.vectors, module.result_masks(), strict=True)}
         trained.update(vectors)
         acts = {}
         if need_final:

@@ -24,6 +24,7 @@ from lightning.fabric.plugins.environments import LightningEnvironment
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
+from hdm_lightning.explainers.optim import MaskOptim, TailAverage, build_optimizer, set_lr
 from hdm_lightning.masks.ops import l1_mean, mix_maps, upsample
 from hdm_lightning.schedules.base import MaskVector, Stage
 
@@ -55,7 +56,14 @@ class _FrozenClassifierFit(L.LightningModule):
     check_every = 25  # steps between (device-syncing) checks whether every row has stopped
 
     def __init__(
-        self, classifier: nn.Module, selector, steps: int, prefix: str, log_every: int = 50, channels_last: bool = False
+        self,
+        classifier: nn.Module,
+        selector,
+        steps: int,
+        prefix: str,
+        log_every: int = 50,
+        channels_last: bool = False,
+        optim: MaskOptim | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -69,6 +77,9 @@ class _FrozenClassifierFit(L.LightningModule):
         self._stopped_early = False
         self._resume_optimizer: dict | None = None
         self.in_step = False  # True while a training step runs: its state is not consistent then
+        self.optim = optim if optim is not None else MaskOptim()
+        self._average = TailAverage(self.optim.average_start(self.steps))
+        self._base_lr: list[float] = []
 
     # ---- resumable work state (mid-stage checkpoints) ------------------------------------------
 
@@ -95,6 +106,7 @@ class _FrozenClassifierFit(L.LightningModule):
             "params": [p.detach().clone() for p in self.parameters()],
             "optimizer": None if opt is None else opt.state_dict(),
             "history": self.history[: self._step].detach().clone(),
+            "average": self._average.state(),
             "extra": self._extra_state(),
         }
 
@@ -112,6 +124,7 @@ class _FrozenClassifierFit(L.LightningModule):
         self.passes = int(state["passes"])
         self.history[: self._step] = state["history"].to(self.history)
         self._load_extra_state(state["extra"])
+        self._average.load(state["average"])
         self._resume_optimizer = state["optimizer"]
 
     def setup(self, stage: str) -> None:
@@ -126,9 +139,25 @@ class _FrozenClassifierFit(L.LightningModule):
             )
 
     def on_train_start(self) -> None:  # noqa: D102
+        opt = self.trainer.optimizers[0]
         if self._resume_optimizer is not None:
-            self.trainer.optimizers[0].load_state_dict(self._resume_optimizer)
+            opt.load_state_dict(self._resume_optimizer)
             self._resume_optimizer = None
+        self._base_lr = [g.get("initial_lr", g["lr"]) for g in opt.param_groups]
+        for g, lr in zip(opt.param_groups, self._base_lr, strict=True):
+            g["initial_lr"] = lr  # the schedule's base; a resumed Adam state carries the scaled lr
+
+    def _optimizer_step(self, opt) -> None:
+        """One step at this step's scheduled learning rate (a pure function of the step: resumable)."""
+        set_lr(opt, self._base_lr, self.optim.lr_factor(self._step, self.steps))
+        opt.step()
+
+    def _track(self, values: list[Tensor]) -> None:
+        """Feed the iterate after this step to the tail average."""
+        self._average.update(self._step, values)
+
+    def _result(self, values: list[Tensor]) -> list[Tensor]:
+        return self._average.result(values)
 
     def _extra_state(self) -> dict:
         return {}
@@ -195,8 +224,9 @@ class MaskStageModule(_FrozenClassifierFit):
         prefix: str = "stage",
         log_every: int = 50,
         channels_last: bool = False,
+        optim: MaskOptim | None = None,
     ) -> None:
-        super().__init__(classifier, selector, stage.steps, prefix, log_every, channels_last)
+        super().__init__(classifier, selector, stage.steps, prefix, log_every, channels_last, optim)
         self.stage = stage
         self.vectors: list[MaskVector] = list(stage.vectors)
         self.masks = nn.ParameterList([nn.Parameter(v.detach().clone()) for v in init])
@@ -234,7 +264,11 @@ class MaskStageModule(_FrozenClassifierFit):
 
     def configure_optimizers(self):  # noqa: D102
         groups = [{"params": [p], "lr": v.lr} for p, v in zip(self.masks, self.vectors, strict=True)]
-        return torch.optim.Adam(groups)
+        return build_optimizer(groups, self.optim)
+
+    def result_masks(self) -> list[Tensor]:
+        """The trained vectors: the last iterate, or the tail average (``optim.average_tail``)."""
+        return self._result(list(self.masks))
 
     def vector_mask(self, idx: int, p: Tensor, b0: int, b1: int) -> tuple[Tensor, Tensor]:
         """Applied mask ``[nb, 1, H, W]`` and ``L_R`` term ``[nb]`` of vector ``idx`` (Eq. 6 / Eq. 8)."""
@@ -273,12 +307,13 @@ class MaskStageModule(_FrozenClassifierFit):
             self.history[step, v0:v1, b0:b1] = losses.detach()
             total = total + losses.detach().sum()
             self.passes += (v1 - v0) * (b1 - b0)
-        opt.step()
+        self._optimizer_step(opt)
         with torch.no_grad():
             for p in self.masks:
                 p.clamp_(0.0, 1.0)  # SPEC decision: projected onto [0, 1] after every step
             if self.early is not None:
                 self._early_stop_update(step)
+            self._track(list(self.masks))
         self._log_loss(total / self.history[step].numel())
         self._step += 1
         self.in_step = False
@@ -316,8 +351,9 @@ class MaskStageModule(_FrozenClassifierFit):
     def final_activations(self) -> Tensor:
         """``f_p`` of each vector's final applied mask times the images, ``[n_vectors, B]``."""
         out = torch.empty_like(self.reference)
+        masks = self.result_masks()
         for v0, v1, b0, b1 in self._chunks:
-            ms = [self.vector_mask(i, self.masks[i][b0:b1], b0, b1)[0] for i in range(v0, v1)]
+            ms = [self.vector_mask(i, masks[i][b0:b1], b0, b1)[0] for i in range(v0, v1)]
             x = (torch.stack(ms) * self.images[b0:b1].unsqueeze(0)).flatten(0, 1)
             targets = self.selector.targets[b0:b1].repeat(v1 - v0) if self.selector.fn is None else None
             out[v0:v1, b0:b1] = self._forward_rows(x, targets).view(v1 - v0, b1 - b0)
@@ -344,8 +380,9 @@ class MixingModule(_FrozenClassifierFit):
         prefix: str = "mix",
         log_every: int = 50,
         channels_last: bool = False,
+        optim: MaskOptim | None = None,
     ) -> None:
-        super().__init__(classifier, selector, epochs, prefix, log_every, channels_last)
+        super().__init__(classifier, selector, epochs, prefix, log_every, channels_last, optim)
         b, s = maps.shape[:2]
         self.v = nn.Parameter(torch.ones(b, s, device=images.device, dtype=maps.dtype))
         self.register_buffer("images", images, persistent=False)
@@ -359,11 +396,15 @@ class MixingModule(_FrozenClassifierFit):
         self.passes = 0
 
     def configure_optimizers(self):  # noqa: D102
-        return torch.optim.Adam([self.v], lr=self.lr)
+        return build_optimizer([{"params": [self.v], "lr": self.lr}], self.optim)
 
-    def mixed(self) -> Tensor:
-        """The current ``M_h``, ``[B, 1, H, W]``."""
-        return mix_maps(self.maps, self.v)
+    def result_v(self) -> Tensor:
+        """The trained ``v``: the last iterate, or the tail average (``optim.average_tail``)."""
+        return self._result([self.v])[0]
+
+    def mixed(self, v: Tensor | None = None) -> Tensor:
+        """``M_h`` for ``v`` (default: the current iterate), ``[B, 1, H, W]``."""
+        return mix_maps(self.maps, self.v if v is None else v)
 
     def training_step(self, batch, batch_idx):  # noqa: D102
         self.in_step = True
@@ -374,7 +415,9 @@ class MixingModule(_FrozenClassifierFit):
         act = self._forward_rows(mh * self.images, targets)
         losses = (act - self.reference) ** 2 + self.lam * l1_mean(mh)[:, 0].to(act.dtype)
         self.manual_backward(losses.sum())
-        opt.step()
+        self._optimizer_step(opt)
+        with torch.no_grad():
+            self._track([self.v])
         self.history[self._step, 0] = losses.detach()
         self.passes += mh.shape[0]
         self._log_loss(losses.detach().mean())

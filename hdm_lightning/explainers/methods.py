@@ -21,6 +21,7 @@ from hdm_lightning.callbacks.checkpoint import WorkStore
 from hdm_lightning.config import method_config
 from hdm_lightning.explainers.engine import FitSettings, combine, fit_resumable, frozen, train_schedule
 from hdm_lightning.explainers.fit import EarlyStop, MixingModule
+from hdm_lightning.explainers.optim import MaskOptim
 from hdm_lightning.explainers.result import Explanation, StageResult
 from hdm_lightning.explainers.selectors import ActivationSelector, Target
 from hdm_lightning.masks.ops import (
@@ -55,6 +56,22 @@ def check_images(images: object) -> None:
         raise ValueError("images contain NaN or inf values: clean or re-load the input")
 
 
+def mask_optim(cfg) -> MaskOptim:
+    """The :class:`MaskOptim` of a method config's ``optim`` section (``dynamics: paper`` ignores the rest)."""
+    if cfg.dynamics == "paper":
+        return MaskOptim()
+    if cfg.dynamics != "stable":
+        raise ValueError(f"optim.dynamics must be 'stable' or 'paper', got {cfg.dynamics!r}")
+    return MaskOptim(
+        betas=(float(cfg.betas[0]), float(cfg.betas[1])),
+        eps=float(cfg.eps),
+        eps_relative=None if cfg.eps_relative is None else float(cfg.eps_relative),
+        schedule=cfg.schedule,
+        warmup=float(cfg.warmup),
+        average_tail=float(cfg.average_tail),
+    )
+
+
 def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     """The device and floating dtype of the first parameter (or buffer); CPU/float32 without any."""
     for t in list(model.parameters()) + list(model.buffers()):
@@ -76,6 +93,7 @@ class _Explainer:
         self.schedule = build_schedule(self.cfg.schedule.name, OmegaConf.to_container(self.cfg.schedule.params))
         es = self.cfg.early_stop
         self.early = EarlyStop(es.min_steps, es.patience, es.min_delta) if es.enabled else None
+        self.optim = mask_optim(self.cfg.optim)
 
     def explain(
         self,
@@ -110,6 +128,7 @@ class _Explainer:
             store=None if work_dir is None else WorkStore(work_dir, self.fingerprint(model, images, target)),
             checkpoint_every_n_steps=eng.checkpoint_every_n_steps,
             checkpoint_every_n_seconds=eng.checkpoint_every_n_seconds,
+            optim=self.optim,
         )
         start = time.perf_counter()
         devices = [device] if device.type == "cuda" else []
@@ -251,13 +270,15 @@ class HDMExplainer(_Explainer):
             prefix="mix",
             log_every=settings.log_every,
             channels_last=settings.channels_last,
+            optim=settings.optim,
         )
         fit_resumable(mix, "mix", settings)
         passes += mix.passes
         history["mix"] = mix.history.detach().clone()
         with torch.no_grad():
-            mh = mix.mixed().detach()
-            w = hdm_weights(mix.v.detach())
+            v = mix.result_v().detach()
+            mh = mix.mixed(v).detach()
+            w = hdm_weights(v)
             w = w / w.sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
         return Explanation(
             method="hdm",
@@ -269,7 +290,7 @@ class HDMExplainer(_Explainer):
             stages=stages,
             history=history,
             weights=w,
-            mixing_v=mix.v.detach().clone(),
+            mixing_v=v.clone(),
             passes_per_image=passes // images.shape[0],
         )
 

@@ -6,9 +6,29 @@ from reference import reference_dm, reference_hdm, reference_mdm
 from toy_models import tiny_cnn
 
 import hdm_lightning as hl
+from hdm_lightning.config import MaskOptimConfig
 
 DM = {"sizes": [3, 4], "factors": [2, 3], "epochs": 12, "lr": 0.05, "eta": 0.02}
 TOL = 1e-10  # float64 throughout: only summation-order round-off may differ
+_STABLE = MaskOptimConfig()
+# The reference's own description of the default (stable) dynamics, and the papers' (None: torch Adam).
+REF_OPTIM = {
+    "paper": None,
+    "stable": {
+        "eps": _STABLE.eps,
+        "eps_relative": _STABLE.eps_relative,
+        "schedule": _STABLE.schedule,
+        "warmup": _STABLE.warmup,
+        "average_tail": _STABLE.average_tail,
+    },
+}
+DYNAMICS = pytest.mark.parametrize("dynamics", ["paper", "stable"])
+# The stable dynamics take smaller steps (relative eps, decay to 0): a larger lr keeps these short runs non-vacuous.
+LR = {"paper": 1.0, "stable": 5.0}
+
+
+def _cfg(dynamics: str, **cfg) -> dict:
+    return {**cfg, "optim": {"dynamics": dynamics}}
 
 
 def _max_diff(a: dict, b: dict) -> float:
@@ -26,17 +46,20 @@ def _max_diff(a: dict, b: dict) -> float:
     ],
     ids=["default", "aux-previous", "nearest-q70", "chunked"],
 )
-def test_dm_batched_equals_reference(images, extra):
+@DYNAMICS
+def test_dm_batched_equals_reference(images, extra, dynamics):
     model = tiny_cnn()
+    dm = {**DM, "lr": DM["lr"] * LR[dynamics]}
     ref = reference_dm(
         model,
         images,
-        **DM,
+        **dm,
         upsample=extra.get("upsample", "bilinear"),
         threshold=tuple(extra.get("threshold", {"kind": "quantile", "value": 0.5}).values()),
         aux_reference=extra.get("aux_reference", "original"),
+        optim=REF_OPTIM[dynamics],
     )
-    out = hl.explain(model, images, "dm", config={"schedule": {"params": DM}, **extra})
+    out = hl.explain(model, images, "dm", config=_cfg(dynamics, schedule={"params": dm}, **extra))
     vectors = out.stages[0].vectors
     assert _max_diff(vectors, ref["vectors"]) < TOL
     assert torch.allclose(out.saliency, ref["saliency"], atol=TOL, rtol=0)
@@ -45,28 +68,29 @@ def test_dm_batched_equals_reference(images, extra):
     assert all(v.std() > 0.05 for v in vectors.values())
 
 
-def test_mdm_batched_equals_reference(images):
+@DYNAMICS
+def test_mdm_batched_equals_reference(images, dynamics):
     model = tiny_cnn()
-    params = {"sizes": [3, 5, [4, 6]], "steps": 15, "lr": 0.05, "consistency_weight": 1.0, "reg_weight": 0.05}
-    ref = reference_mdm(model, images, **params, threshold=("value", 1.0))
-    out = hl.explain(
-        model, images, "mdm", config={"schedule": {"params": params}, "threshold": {"kind": "value", "value": 1.0}}
-    )
+    params = {"sizes": [3, 5, [4, 6]], "steps": 15, "lr": 0.05 * LR[dynamics], "consistency_weight": 1.0}
+    params["reg_weight"] = 0.05
+    ref = reference_mdm(model, images, **params, threshold=("value", 1.0), optim=REF_OPTIM[dynamics])
+    cfg = _cfg(dynamics, schedule={"params": params}, threshold={"kind": "value", "value": 1.0})
+    out = hl.explain(model, images, "mdm", config=cfg)
     assert _max_diff(out.stages[0].vectors, ref["vectors"]) < TOL
     assert torch.allclose(out.saliency, ref["saliency"], atol=TOL, rtol=0)
     assert all(v.std() > 0.05 for v in out.stages[0].vectors.values())
 
 
-def test_hdm_batched_equals_reference(images):
+@DYNAMICS
+def test_hdm_batched_equals_reference(images, dynamics):
     model = tiny_cnn()
-    dm = {"sizes": [3, 4], "factors": [2], "epochs": 10, "lr": 0.05, "eta": 0.02}
-    ref = reference_hdm(model, images, stages=2, dm_kwargs=dm, mix_epochs=15, mix_lr=0.1, lam=1e-4)
-    out = hl.explain(
-        model,
-        images,
-        "hdm",
-        config={"schedule": {"params": dm}, "stages": 2, "mixing": {"epochs": 15, "lr": 0.1, "lam": 1e-4}},
+    dm = {"sizes": [3, 4], "factors": [2], "epochs": 10, "lr": 0.05 * LR[dynamics], "eta": 0.02}
+    opt = REF_OPTIM[dynamics]
+    ref = reference_hdm(
+        model, images, stages=2, dm_kwargs={**dm, "optim": opt}, mix_epochs=15, mix_lr=0.1, lam=1e-4, optim=opt
     )
+    cfg = _cfg(dynamics, schedule={"params": dm}, stages=2, mixing={"epochs": 15, "lr": 0.1, "lam": 1e-4})
+    out = hl.explain(model, images, "hdm", config=cfg)
     assert torch.allclose(torch.stack([s.saliency for s in out.stages], 1), ref["maps"], atol=TOL, rtol=0)
     assert torch.allclose(torch.stack([s.masked for s in out.stages], 1), ref["masked"], atol=TOL, rtol=0)
     assert torch.allclose(out.mixing_v, ref["v"], atol=TOL, rtol=0)
@@ -80,9 +104,8 @@ def test_early_stop_rows_stop_independently(images):
     early = {"min_steps": 5, "patience": 3, "min_delta": 1e-3}
     params = {"sizes": [3, 4], "factors": [2], "epochs": 40, "lr": 0.05, "eta": 0.02}
     ref = reference_dm(model, images, **params, early=early)
-    out = hl.explain(
-        model, images, "dm", config={"schedule": {"params": params}, "early_stop": {"enabled": True, **early}}
-    )
+    cfg = _cfg("paper", schedule={"params": params}, early_stop={"enabled": True, **early})
+    out = hl.explain(model, images, "dm", config=cfg)
     assert _max_diff(out.stages[0].vectors, ref["vectors"]) < TOL
     assert torch.allclose(out.saliency, ref["saliency"], atol=TOL, rtol=0)
     full = reference_dm(model, images, **params)  # without early stop the vectors end elsewhere
@@ -95,5 +118,5 @@ def test_float32_within_tolerance():
     x = torch.randn(3, 3, 24, 24)
     params = {"sizes": [3, 4], "factors": [2], "epochs": 8, "lr": 0.05, "eta": 0.02}
     ref = reference_dm(model, x, **params)
-    out = hl.explain(model, x, "dm", config={"schedule": {"params": params}})
+    out = hl.explain(model, x, "dm", config=_cfg("paper", schedule={"params": params}))
     assert _max_diff(out.stages[0].vectors, ref["vectors"]) < 1e-3
