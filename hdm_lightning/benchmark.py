@@ -141,7 +141,11 @@ def _engine_dm(model: nn.Module, images: Tensor, dm: dict, precision: str, args:
     engine = {"precision": precision, "channels_last": args.channels_last, "max_rows": args.max_rows, "seed": args.seed}
     t0 = now(images.device)
     out = hdm_lightning.explain(
-        model, images, method="dm", config={"schedule": {"name": "dm", "params": dm}, "engine": engine}
+        model,
+        images,
+        method="dm",
+        # the papers' dynamics, as the reference implements them by default (optim=None)
+        config={"schedule": {"name": "dm", "params": dm}, "engine": engine, "optim": {"dynamics": "paper"}},
     )
     return out, now(images.device) - t0
 
