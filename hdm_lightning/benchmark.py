@@ -376,6 +376,7 @@ class _StepClock:
     """
 
     def on_train_start(self) -> None:  # noqa: D102
+        super().on_train_start()
         self.clock_starts, self.clock_ends = [], []
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:  # noqa: D102
