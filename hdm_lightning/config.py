@@ -83,7 +83,7 @@ class MaskOptimConfig:
 
 @dataclass
 class DMConfig:
-    """Dynamic masks (papers/001 §3.2; SPEC 'DM')."""
+    """Dynamic masks (HDM paper, arXiv 2301.04970, §3.2)."""
 
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig("dm"))
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
@@ -97,7 +97,7 @@ class DMConfig:
 
 @dataclass
 class MixingConfig:
-    """HDM's learned mixing (papers/001 Eq. 3-5): Adam on ``v`` (initialised to ones)."""
+    """HDM's learned mixing (HDM paper, arXiv 2301.04970, Eq. 3-5): Adam on ``v`` (initialised to ones)."""
 
     epochs: int = 400  # optimiser steps of the mixing fit
     lr: float = 0.1  # Adam learning rate of v
@@ -114,7 +114,7 @@ class HDMConfig(DMConfig):
 
 @dataclass
 class MDMConfig:
-    """Multiple dynamic mask (papers/002)."""
+    """Multiple dynamic mask (MDM paper, arXiv 2207.08046)."""
 
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig("mdm"))
     threshold: ThresholdConfig = field(default_factory=lambda: ThresholdConfig("value", 5.0))
@@ -289,7 +289,7 @@ class EvaluationConfig:
     drop_baseline: str = "zero"  # Average Drop/Increase: zero (mean colour) | mean | blur | black
     drop_percents: list[int] = field(default_factory=lambda: [70, 80, 90])  # muted share of the pixels
     segmentation_percents: list[int] = field(default_factory=lambda: list(range(70, 100)))  # binarising percentiles
-    gallery: int = 16  # images shown side by side with every method's map (papers/001 Fig. 4)
+    gallery: int = 16  # images shown side by side with every method's map (HDM paper Fig. 4)
     stability_noise: list[float] = field(default_factory=lambda: [1e-6, 1e-3])  # stability: reruns on x + eps*N(0,1)
     stability_batch: bool = True  # stability: rerun each image in another batch (alone, or with 2 flipped copies)
     stability_threads: bool = False  # stability: rerun with torch.set_num_threads(1) (CPU runs on several threads)
