@@ -3,7 +3,7 @@
 One run measures, on one model, image size, device and precision:
 
 (a) the batched engine (``hdm_lightning.explain(..., method="dm")``) against the one-vector-at-a-time,
-    one-image-at-a-time reference of ``tests/reference.py`` (papers/000 Algorithm 1, batch size 1) on a
+    one-image-at-a-time reference of ``tests/reference.py`` (HDM appx. Algorithm 1, batch size 1) on a
     reduced DM schedule: time ratio and max abs difference of the trained vectors and the maps;
     with ``--precision bf16-mixed`` also bf16 against fp32 maps of the engine on the same images;
 (b) Lightning's overhead: ``run_fit`` of a :class:`MaskStageModule` against a bare torch loop driving an

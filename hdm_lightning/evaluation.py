@@ -279,7 +279,7 @@ def mean_curves(records: dict[str, list[dict]]) -> dict[str, dict[str, list[floa
 
 
 def write_curves(folder: Path, records: dict[str, list[dict]]) -> list[Path]:
-    """Mean deletion and insertion curves per method (papers/001 Fig. 6): ``curves/*.png`` and ``curves/*.csv``."""
+    """Mean deletion and insertion curves per method (HDM paper Fig. 6): ``curves/*.png`` and ``curves/*.csv``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -314,7 +314,7 @@ def write_curves(folder: Path, records: dict[str, list[dict]]) -> list[Path]:
 
 
 def gallery(rgb: Tensor, overlays: list[tuple[str, Tensor]], gap: int = 4, label_height: int = 14) -> Tensor:
-    """The image, then each method's overlay, side by side with the method's name above (papers/001 Fig. 4)."""
+    """The image, then each method's overlay, side by side with the method's name above (HDM paper Fig. 4)."""
     tiles = [("input", rgb.clamp(0, 1))] + overlays
     h, w = rgb.shape[-2:]
     width = len(tiles) * w + (len(tiles) - 1) * gap

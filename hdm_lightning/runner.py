@@ -7,7 +7,7 @@ Layout of a run folder (``output.dir``)::
     maps/<id>.pt                the maps as tensors (torch.load(..., weights_only=True))
     overlays/<id>.png           JET heatmap over the image (papers' figures)
     binary/<id>.png             the binary mask
-    stages/<id>.png             input, each stage's map, the final map (papers/001 Fig. 5)
+    stages/<id>.png             input, each stage's map, the final map (HDM paper Fig. 5)
     records/<id>.json           per-image record; written last, so its presence means "done"
     wandb/                      the W&B run (offline by default; `wandb sync` it later)
     .work/batch-<k>/            mid-stage checkpoints of the batch in flight (removed when it is written)

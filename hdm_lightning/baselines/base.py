@@ -1,6 +1,6 @@
 """The saliency-method contract, its registry, exact pass counting and Grad-CAM target layers.
 
-Every baseline the papers compare against (papers/001 §4.1: Gradient, DeepLIFT, Integrated Gradients, RISE, Mask,
+Every baseline the papers compare against (HDM paper §4.1: Gradient, DeepLIFT, Integrated Gradients, RISE, Mask,
 Grad-CAM, Grad-CAM++, Score-CAM, XGrad-CAM, FullGrad, Eigen-CAM, Ablation-CAM, Layer-CAM) and our own DM/HDM/MDM are
 a :class:`SaliencyMethod`: built from ``name`` + ``params`` (the ``__init__`` signature is the schema), called on a
 batch of normalised images and one target class per image, returning ``[B, 1, H, W]`` float32 maps in ``[0, 1]``

@@ -1,7 +1,7 @@
 """Our own methods behind the same contract (DM, HDM, MDM), and the random map (a sanity floor).
 
-- DM and HDM: "Hierarchical Dynamic Masks for Visual Explanation of Neural Networks" (papers/001 §3, papers/000
-  Algorithms 1-2); MDM: "Multiple Dynamic Mask" (papers/002 §3). They run through :func:`hdm_lightning.explain`;
+- DM and HDM: "Hierarchical Dynamic Masks for Visual Explanation of Neural Networks" (HDM paper §3, HDM appx.
+  Algorithms 1-2); MDM: "Multiple Dynamic Mask" (MDM paper §3). They run through :func:`hdm_lightning.explain`;
   the map is the explanation's ``saliency`` (HDM: the mixed ``M_h``; DM: ``M_b``; MDM: ``M^h``), already in
   ``[0, 1]``, made float32 (the contract's ``N`` leaves a min-max normalised map as it is).
 - Random: i.i.d. uniform noise per pixel, the floor any method must beat (e.g. Adebayo et al., "Sanity Checks for
@@ -60,7 +60,7 @@ class _DynamicMasks(SaliencyMethod):
 
 @register_method("dm")
 class DM(_DynamicMasks):
-    """Dynamic masks (papers/001 §3.2).
+    """Dynamic masks (HDM paper §3.2).
 
     Args:
         model: the classifier.
@@ -72,7 +72,7 @@ class DM(_DynamicMasks):
 
 @register_method("hdm")
 class HDM(_DynamicMasks):
-    """Hierarchical dynamic masks (papers/001 §3.1).
+    """Hierarchical dynamic masks (HDM paper §3.1).
 
     Args:
         model: the classifier.
@@ -84,7 +84,7 @@ class HDM(_DynamicMasks):
 
 @register_method("mdm")
 class MDM(_DynamicMasks):
-    """Multiple dynamic mask (papers/002 §3).
+    """Multiple dynamic mask (MDM paper §3).
 
     Args:
         model: the classifier.

@@ -103,7 +103,7 @@ def train_schedule(
         classifier: the frozen classifier.
         selector: the resolved activation selector.
         images: the images the masks multiply, ``[B, C, H, W]``.
-        reference: ``f_p(images)``, ``[B]``, the consistency target (Eq. 6, 8; papers/002 Eq. 1).
+        reference: ``f_p(images)``, ``[B]``, the consistency target (Eq. 6, 8; MDM paper Eq. 1).
         aux_reference: ``"original"``: guided vectors also match ``f_p(images)`` (Eq. 8, default);
             ``"previous"``: they match their guide's masked activation ``A^{(k-1,j)}`` (Alg. 1 l.19).
         schedule: the plan of stages.
@@ -181,7 +181,7 @@ def train_schedule(
 
 
 def combine(outcome: ScheduleOutcome, height: int, width: int, upsample_mode: str) -> Tensor:
-    """``M_c = sum_v combine_weight_v * g(v, H, W)`` (papers/001 Eq. 9; papers/002 ``sum g(d_i)``)."""
+    """``M_c = sum_v combine_weight_v * g(v, H, W)`` (HDM paper Eq. 9; MDM paper ``sum g(d_i)``)."""
     total = None
     for stage in outcome.plan:
         for v in stage.vectors:

@@ -361,7 +361,7 @@ class MaskStageModule(_FrozenClassifierFit):
 
 
 class MixingModule(_FrozenClassifierFit):
-    """HDM's learned combination (papers/001 Eq. 3-5, papers/000 Alg. 2 lines 11-32).
+    """HDM's learned combination (HDM paper Eq. 3-5, HDM appx. Alg. 2 lines 11-32).
 
     Parameters ``v`` are ``[B, S]``, initialised to ones (SPEC decision); the mix
     ``M_h = sum_j w_j M_j / sum_j w_j`` with ``w_j = sum_{k>=j} v_k^2`` keeps ``w`` non-increasing.

@@ -1,8 +1,8 @@
 """DM, HDM and MDM explainers (registered by name; the registry is the one list of methods).
 
-- DM: papers/001 §3.2, papers/000 Algorithm 1.
-- HDM: papers/001 §3.1 Eq. 1-5, papers/000 Algorithm 2.
-- MDM: papers/002 §3, Algorithm 1.
+- DM: HDM paper §3.2, HDM appx. Algorithm 1.
+- HDM: HDM paper §3.1 Eq. 1-5, HDM appx. Algorithm 2.
+- MDM: MDM paper §3, Algorithm 1.
 """
 
 from __future__ import annotations
@@ -215,7 +215,7 @@ def _single_run(self, model, images, selector, settings) -> Explanation:
 
 @EXPLAINERS.register("dm")
 class DMExplainer(_Explainer):
-    """Dynamic masks: ``M_b = N((M_c - gamma) {M_c >= gamma})`` (papers/001 Eq. 9-10)."""
+    """Dynamic masks: ``M_b = N((M_c - gamma) {M_c >= gamma})`` (HDM paper Eq. 9-10)."""
 
     name = "dm"
     _explain = _single_run
@@ -223,7 +223,7 @@ class DMExplainer(_Explainer):
 
 @EXPLAINERS.register("mdm")
 class MDMExplainer(_Explainer):
-    """Multiple dynamic mask: ``M^h = N({sum g(d_i) >= gamma} sum g(d_i))`` (papers/002 Eq. 2)."""
+    """Multiple dynamic mask: ``M^h = N({sum g(d_i) >= gamma} sum g(d_i))`` (MDM paper Eq. 2)."""
 
     name = "mdm"
     _explain = _single_run

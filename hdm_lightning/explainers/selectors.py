@@ -1,4 +1,4 @@
-"""Activation selectors: which activation ``f_p`` the masks must preserve (papers/002 §3.1).
+"""Activation selectors: which activation ``f_p`` the masks must preserve (MDM paper §3.1).
 
 Default: the logit of the class the network predicts for the original image. A class index per
 image (or one for all), or any callable ``selector(model, x) -> Tensor[N]`` (for example a

@@ -1,4 +1,4 @@
-"""Plain-torch mask maths (papers/001 §3, papers/002 §3)."""
+"""Plain-torch mask maths (HDM paper §3, MDM paper §3)."""
 
 from hdm_lightning.masks.ops import (
     THRESHOLD_KINDS,

@@ -1,6 +1,6 @@
 """Mask maths in plain torch: no Lightning, no numpy in the autograd path.
 
-Notation follows ``SPEC.md`` (papers/001 §3, papers/000 Algorithms 1-2, papers/002 §3):
+Notation follows ``SPEC.md`` (HDM paper §3, HDM appx. Algorithms 1-2, MDM paper §3):
 ``g`` upsampling, ``N`` per-image min-max normalisation, ``J`` activation consistency,
 ``L_R`` mean absolute mask value, HDM weights ``w_j = sum_{k>=j} v_k^2`` (Eq. 3).
 """
@@ -81,12 +81,12 @@ def consistency(activation: Tensor, reference: Tensor) -> Tensor:
 
 
 def l1_mean(m: Tensor) -> Tensor:
-    """``L_R(M) = mean |M|`` over the last two dims (papers/001 Eq. 4, papers/002 Eq. 6): ``[..., h, w] -> [...]``."""
+    """``L_R(M) = mean |M|`` over the last two dims (HDM paper Eq. 4, MDM paper Eq. 6): ``[..., h, w] -> [...]``."""
     return m.abs().mean(dim=(-2, -1))
 
 
 def hdm_weights(v: Tensor) -> Tensor:
-    """HDM stage weights ``w_j = sum_{k=j..S} v_k^2`` (papers/001 Eq. 3, papers/000 Alg. 2 l.16-19).
+    """HDM stage weights ``w_j = sum_{k=j..S} v_k^2`` (HDM paper Eq. 3, HDM appx. Alg. 2 l.16-19).
 
     ``v`` is ``[..., S]``; the result is non-increasing in ``j`` by construction.
     """
@@ -102,13 +102,13 @@ def mix_maps(maps: Tensor, v: Tensor) -> Tensor:
 
 
 def hierarchical_masked_image(x0: Tensor, maps: list[Tensor] | Tensor) -> Tensor:
-    """``X_i = (1 - N(sum_{j<=i} M_j)) * X_0`` (papers/001 Eq. 2)."""
+    """``X_i = (1 - N(sum_{j<=i} M_j)) * X_0`` (HDM paper Eq. 2)."""
     total = torch.stack(list(maps), 0).sum(0) if isinstance(maps, list | tuple) else maps
     return (1.0 - normalize(total)) * x0
 
 
 def dm_combine_threshold(mc: Tensor, threshold: Threshold) -> tuple[Tensor, Tensor, Tensor]:
-    """``M_b = N((M_c - gamma) * {M_c >= gamma})`` (papers/001 Eq. 10, papers/000 Alg. 1 l.35-36).
+    """``M_b = N((M_c - gamma) * {M_c >= gamma})`` (HDM paper Eq. 10, HDM appx. Alg. 1 l.35-36).
 
     Returns ``(M_b, binary {M_c >= gamma}, gamma [B])``.
     """
@@ -118,7 +118,7 @@ def dm_combine_threshold(mc: Tensor, threshold: Threshold) -> tuple[Tensor, Tens
 
 
 def mdm_combine_threshold(mf_sum: Tensor, threshold: Threshold) -> tuple[Tensor, Tensor, Tensor]:
-    """``M^h = N({sum g(d_i) >= gamma} * sum g(d_i))``, ``M^b = {sum >= gamma}`` (papers/002 Eq. 2).
+    """``M^h = N({sum g(d_i) >= gamma} * sum g(d_i))``, ``M^b = {sum >= gamma}`` (MDM paper Eq. 2).
 
     Returns ``(M^h, M^b, gamma [B])``.
     """
@@ -130,7 +130,7 @@ def mdm_combine_threshold(mf_sum: Tensor, threshold: Threshold) -> tuple[Tensor,
 def levels(height: int, width: int, a: int, b: int, t: int) -> int:
     """Number of auxiliary levels ``K_j^i`` for a vector of size ``a x b`` and factor ``t``.
 
-    ``K = min(floor((ln H - ln a) / ln t), floor((ln W - ln b) / ln t))`` (papers/001 §3.2),
+    ``K = min(floor((ln H - ln a) / ln t), floor((ln W - ln b) / ln t))`` (HDM paper §3.2),
     evaluated in exact integer arithmetic (largest ``k`` with ``t^k a <= H`` and ``t^k b <= W``),
     so exact powers such as ``7 * 2^5 = 224`` are not lost to floating-point rounding.
     """

@@ -1,9 +1,9 @@
-"""The papers' saliency metrics as ``torchmetrics.Metric`` s (SPEC "Evaluation", papers/001 §4.5-4.6, papers/002 §4.2).
+"""The papers' saliency metrics as ``torchmetrics.Metric`` s (SPEC "Evaluation", HDM paper §4.5-4.6, MDM paper §4.2).
 
-- :class:`AverageDropIncrease`: Average Drop / Average Increase (Grad-CAM++; papers/001 §4.5, Table 1).
-- :class:`DeletionInsertion`: deletion / insertion AUC (RISE protocol as followed by Score-CAM; papers/001 Table 2).
-- :class:`Proportion`: energy-based pointing game (Score-CAM; papers/001 §4.6, Table 3).
-- :class:`SegmentationScores`: Dice, IoU, PPV, Sensitivity of the binarised map (papers/002 §4.2, Table 1).
+- :class:`AverageDropIncrease`: Average Drop / Average Increase (Grad-CAM++; HDM paper §4.5, Table 1).
+- :class:`DeletionInsertion`: deletion / insertion AUC (RISE protocol as followed by Score-CAM; HDM paper Table 2).
+- :class:`Proportion`: energy-based pointing game (Score-CAM; HDM paper §4.6, Table 3).
+- :class:`SegmentationScores`: Dice, IoU, PPV, Sensitivity of the binarised map (MDM paper §4.2, Table 1).
 - :func:`saliency_metrics`: a ``MetricCollection`` of the requested families by name.
 - ``stability`` (:class:`~hdm_lightning.metrics.stability.MapStability`): agreement of a method's maps with its own
   reruns under conditions that should not matter; listed in :data:`EVALUATION_FAMILIES` with the families here.
@@ -147,7 +147,7 @@ class _ModelMetric(_SaliencyMetric):
 
 
 class AverageDropIncrease(_ModelMetric):
-    """Average Drop and Average Increase (Grad-CAM++; papers/001 §4.5, papers/002 §4.2).
+    """Average Drop and Average Increase (Grad-CAM++; HDM paper §4.5, MDM paper §4.2).
 
     For each muted share ``q`` (SPEC's 70/80/90 % are the *muted* pixels) keep the top ``(100 - q) %`` pixels by
     rank, set the rest to the baseline and score ``O_c``; with ``Y_c`` the score of the unmodified image:
@@ -243,7 +243,7 @@ class AverageDropIncrease(_ModelMetric):
 
 
 class DeletionInsertion(_ModelMetric):
-    """Deletion and insertion AUC (RISE, as followed by Score-CAM and papers/001 §4.5, Table 2).
+    """Deletion and insertion AUC (RISE, as followed by Score-CAM and HDM paper §4.5, Table 2).
 
     Pixels are changed in rank order, ``round(k / steps * H * W)`` of them after step ``k = 0 .. steps`` (1 % per
     step for ``steps = 100``). Deletion replaces them by the deletion value in the image; insertion copies them from
@@ -349,7 +349,7 @@ class DeletionInsertion(_ModelMetric):
 
 
 class Proportion(_SaliencyMetric):
-    """Energy-based pointing game (Score-CAM; papers/001 §4.6, Table 3): share of ``L = N(map)`` inside the GT.
+    """Energy-based pointing game (Score-CAM; HDM paper §4.6, Table 3): share of ``L = N(map)`` inside the GT.
 
     ``proportion_i = sum_{p in GT} L_p / sum_p L_p * 100``, averaged over images (the papers report percentages,
     e.g. HDM 57.97 %). Edge cases (project decisions):
@@ -396,12 +396,12 @@ class Proportion(_SaliencyMetric):
 
 
 class SegmentationScores(_SaliencyMetric):
-    """Dice, IoU, PPV and Sensitivity of the binarised map against the GT foreground (papers/002 §4.2, Table 1).
+    """Dice, IoU, PPV and Sensitivity of the binarised map against the GT foreground (MDM paper §4.2, Table 1).
 
     For each percentile ``q`` the prediction ``P`` is the top ``(100 - q) %`` pixels by rank (project decision:
     binarise by rank, not by ``>= value``), ``G`` the GT foreground:
     Dice ``2|P∩G| / (|P| + |G|)``, IoU ``|P∩G| / |P∪G|``, PPV ``|P∩G| / |P|``, Sensitivity ``|P∩G| / |G|``, as
-    fractions in ``[0, 1]`` like papers/002, averaged over images (macro) for each ``q``.
+    fractions in ``[0, 1]`` like MDM paper, averaged over images (macro) for each ``q``.
     Edge cases (project decisions): an image with an empty GT is skipped and counted in ``segmentation/skipped``
     (Sensitivity is 0/0 and the other scores are 0 whatever the map); an empty prediction (``(100 - q) %`` of
     the pixels rounds to 0) has PPV 0, like its Dice and IoU.

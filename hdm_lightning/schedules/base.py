@@ -23,15 +23,15 @@ class MaskVector:
         name: unique within a schedule, used in logs and results (``"d1"``, ``"d1/t2/k1"``).
         size: ``(a, b)``, rows x columns of the vector.
         lr: Adam learning rate.
-        reg_weight: weight of ``L_R`` (``eta_i`` in papers/001 Eq. 6/8, ``lambda_2`` in papers/002).
+        reg_weight: weight of ``L_R`` (``eta_i`` in HDM paper Eq. 6/8, ``lambda_2`` in MDM paper).
         consistency_weight: weight of ``J`` (1 in DM, ``lambda_1`` in MDM).
-        reg_on: ``"upsampled"``: ``L_R(g(v, H, W))`` (papers/001 Eq. 6, 8);
-            ``"vector"``: ``L_R(v)`` on the vector itself (papers/002 Eq. 6).
+        reg_on: ``"upsampled"``: ``L_R(g(v, H, W))`` (HDM paper Eq. 6, 8);
+            ``"vector"``: ``L_R(v)`` on the vector itself (MDM paper Eq. 6).
         guide: name of an earlier (frozen) vector ``c^{k-1}``; the applied mask becomes
-            ``g(v * g(guide, a, b), H, W)`` (papers/001 Eq. 8). ``None``: ``g(v, H, W)``.
+            ``g(v * g(guide, a, b), H, W)`` (HDM paper Eq. 8). ``None``: ``g(v, H, W)``.
         init_from: name of an earlier vector whose trained values, upsampled to ``size``, initialise
-            this one (papers/001 Eq. 7). ``None``: every element starts at the explainer's ``tau``.
-        combine_weight: how many times ``g(v, H, W)`` enters the combined map ``M_c`` (papers/001
+            this one (HDM paper Eq. 7). ``None``: every element starts at the explainer's ``tau``.
+        combine_weight: how many times ``g(v, H, W)`` enters the combined map ``M_c`` (HDM paper
             Eq. 9 counts ``c^0_j(i) = d_i`` once per factor ``t_j``); 0 leaves it out.
     """
 

@@ -1,4 +1,4 @@
-"""Built-in schedules: ``dm`` (papers/001 §3.2, papers/000 Alg. 1) and ``mdm`` (papers/002 §3)."""
+"""Built-in schedules: ``dm`` (HDM paper §3.2, HDM appx. Alg. 1) and ``mdm`` (MDM paper §3)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class DMSchedule(MaskSchedule):
     """Dynamic masks: benchmark vectors ``d_i`` then auxiliary levels ``c_j^k(i)``.
 
     Stage ``benchmark`` trains all ``d_i`` together; stage ``level{k}`` trains every ``(i, j)`` with
-    ``K_j^i >= k`` together, ``c_j^{k-1}(i)`` frozen as its guide (papers/001 Eq. 7-8).
+    ``K_j^i >= k`` together, ``c_j^{k-1}(i)`` frozen as its guide (HDM paper Eq. 7-8).
 
     Args:
         sizes: benchmark vector sizes (paper CUB: 6..11, ``a_i = i + 5``, ``D = 6``).
@@ -134,7 +134,7 @@ class DMSchedule(MaskSchedule):
 
 @register_schedule("mdm")
 class MDMSchedule(MaskSchedule):
-    """Multiple dynamic mask: ``N`` independent vectors trained in one stage (papers/002 Eq. 1).
+    """Multiple dynamic mask: ``N`` independent vectors trained in one stage (MDM paper Eq. 1).
 
     Args:
         sizes: vector sizes (paper: ``a_i = b_i = 5 + i``, ``i = 1..27``, i.e. 6..32).

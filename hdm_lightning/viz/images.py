@@ -28,7 +28,7 @@ def overlay(image: Tensor, saliency: Tensor, alpha: float = 0.5) -> Tensor:
 
 
 def stage_strip(image: Tensor, maps: list[Tensor], gap: int = 4) -> Tensor:
-    """papers/001 Fig. 5: the input, then one overlay per map (each stage, then the mix), side by side."""
+    """HDM paper Fig. 5: the input, then one overlay per map (each stage, then the mix), side by side."""
     tiles = [image.clamp(0, 1)] + [overlay(image, m) for m in maps]
     h = image.shape[-2]
     spacer = torch.ones(3, h, gap, dtype=image.dtype, device=image.device)
