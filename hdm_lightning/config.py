@@ -75,7 +75,7 @@ class MaskOptimConfig:
     dynamics: str = "stable"  # stable (the keys below) | paper (Adam, constant lr, last iterate: the papers)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam's beta1, beta2
     eps: float = 1e-8  # Adam's absolute eps
-    eps_relative: float | None = 10.0  # eps += this x rms of sqrt(v_hat) over each vector; null: absolute eps only
+    eps_relative: float | None = 30.0  # eps += this x rms of sqrt(v_hat) over each vector; null: absolute eps only
     schedule: str = "cosine"  # learning-rate schedule within each fit: cosine (decay to 0) | constant
     warmup: float = 0.1  # fraction of each fit's steps with a linear learning-rate warm-up
     average_tail: float = 0.5  # result = mean of the iterates of this last fraction of steps (0: last iterate)
