@@ -75,7 +75,7 @@ class MaskOptimConfig:
     dynamics: str = "stable"  # stable (the keys below) | paper (Adam, constant lr, last iterate: the papers)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam's beta1, beta2
     eps: float = 1e-8  # Adam's absolute eps
-    eps_relative: float | None = 30.0  # eps += this x rms of sqrt(v_hat) over each vector; null: absolute eps only
+    eps_relative: float | None = 300.0  # eps += this x rms of sqrt(v_hat) over each vector; null: absolute eps only
     schedule: str = "cosine"  # learning-rate schedule within each fit: cosine (decay to 0) | constant
     warmup: float = 0.1  # fraction of each fit's steps with a linear learning-rate warm-up
     average_tail: float = 0.5  # result = mean of the iterates of this last fraction of steps (0: last iterate)
@@ -121,7 +121,9 @@ class MDMConfig:
     upsample: str = "bilinear"  # g: 'bilinear' (align_corners=False) or 'nearest'
     tau: float = 0.5  # initial mask value
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
-    optim: MaskOptimConfig = field(default_factory=MaskOptimConfig)  # mask optimiser: stable dynamics | the papers
+    # MDM defaults to the papers' dynamics: the stable ones hardly move its masks in short fits (synthetic
+    # shapes, 20 images: Proportion 72 % -> 14 % at eps_relative 30, 11 % at 300); stable keeps eps_relative 30.
+    optim: MaskOptimConfig = field(default_factory=lambda: MaskOptimConfig(dynamics="paper", eps_relative=30.0))
     engine: EngineConfig = field(default_factory=EngineConfig)
 
 

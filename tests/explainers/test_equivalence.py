@@ -6,7 +6,7 @@ from reference import reference_dm, reference_hdm, reference_mdm
 from toy_models import tiny_cnn
 
 import hdm_lightning as hl
-from hdm_lightning.config import MaskOptimConfig
+from hdm_lightning.config import MaskOptimConfig, MDMConfig
 
 DM = {"sizes": [3, 4], "factors": [2, 3], "epochs": 12, "lr": 0.05, "eta": 0.02}
 TOL = 1e-10  # float64 throughout: only summation-order round-off may differ
@@ -24,7 +24,11 @@ REF_OPTIM = {
 }
 DYNAMICS = pytest.mark.parametrize("dynamics", ["paper", "stable"])
 # The stable dynamics take smaller steps (relative eps, decay to 0): a larger lr keeps these short runs non-vacuous.
-LR = {"paper": 1.0, "stable": 15.0}
+LR = {"paper": 1.0, "stable": 150.0}
+# MDM's default stable dynamics keep a smaller relative eps (see MDMConfig).
+_MDM_REL = MDMConfig().optim.eps_relative
+MDM_OPTIM = {"paper": None, "stable": {**REF_OPTIM["stable"], "eps_relative": _MDM_REL}}
+MDM_LR = {"paper": 1.0, "stable": 150.0 * _MDM_REL / _STABLE.eps_relative}
 
 
 def _cfg(dynamics: str, **cfg) -> dict:
@@ -71,9 +75,9 @@ def test_dm_batched_equals_reference(images, extra, dynamics):
 @DYNAMICS
 def test_mdm_batched_equals_reference(images, dynamics):
     model = tiny_cnn()
-    params = {"sizes": [3, 5, [4, 6]], "steps": 15, "lr": 0.05 * LR[dynamics], "consistency_weight": 1.0}
+    params = {"sizes": [3, 5, [4, 6]], "steps": 15, "lr": 0.05 * MDM_LR[dynamics], "consistency_weight": 1.0}
     params["reg_weight"] = 0.05
-    ref = reference_mdm(model, images, **params, threshold=("value", 1.0), optim=REF_OPTIM[dynamics])
+    ref = reference_mdm(model, images, **params, threshold=("value", 1.0), optim=MDM_OPTIM[dynamics])
     cfg = _cfg(dynamics, schedule={"params": params}, threshold={"kind": "value", "value": 1.0})
     out = hl.explain(model, images, "mdm", config=cfg)
     assert _max_diff(out.stages[0].vectors, ref["vectors"]) < TOL
