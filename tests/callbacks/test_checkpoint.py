@@ -51,12 +51,14 @@ def assert_same(a, b):
     assert a.passes_per_image == b.passes_per_image
 
 
-@pytest.fixture(scope="module")
-def setting():
+@pytest.fixture(scope="module", params=["paper", "stable"])
+def setting(request):
+    """Both dynamics: the stable ones also carry a learning-rate schedule and a running tail average."""
     torch.manual_seed(0)
     model = tiny_cnn(dtype=torch.float32)  # float32: resuming must be exact, not merely close
     images = torch.randn(2, 3, 16, 16)
-    return model, images, hl.explain(model, images, "hdm", config=CFG)
+    cfg = {**CFG, "optim": {"dynamics": request.param}}
+    return model, images, hl.explain(model, images, "hdm", config=cfg), cfg
 
 
 @pytest.mark.parametrize(
@@ -69,10 +71,10 @@ def setting():
     ],
 )
 def test_interrupted_run_resumes_to_identical_maps(setting, tmp_path, prefix, after, inside):
-    model, images, reference = setting
+    model, images, reference, cfg = setting
     work = tmp_path / "work"
     with pytest.raises((SystemExit, RuntimeError)):
-        hl.explain(model, images, "hdm", config=CFG, callbacks=[Interrupt(prefix, after, inside)], work_dir=work)
+        hl.explain(model, images, "hdm", config=cfg, callbacks=[Interrupt(prefix, after, inside)], work_dir=work)
     saved = sorted(p.name for p in work.iterdir())
     assert "inflight.pt" in saved or prefix.endswith("level1")  # the fit in flight was checkpointed
     assert "dm1__benchmark.pt" in saved or prefix == "dm1/benchmark"  # finished fits are kept
@@ -80,7 +82,7 @@ def test_interrupted_run_resumes_to_identical_maps(setting, tmp_path, prefix, af
     if state is not None:
         assert 0 < state["step"] <= after and (state["step"] == after or inside)
     count = CountSteps()
-    resumed = hl.explain(model, images, "hdm", config=CFG, work_dir=work, callbacks=[count])
+    resumed = hl.explain(model, images, "hdm", config=cfg, work_dir=work, callbacks=[count])
     assert_same(resumed, reference)
     total = CFG["mixing"]["epochs"] if prefix == "mix" else CFG["schedule"]["params"]["epochs"]
     assert count.steps[prefix] == total - (state["step"] if state is not None else 0)  # continued, not restarted
@@ -88,21 +90,21 @@ def test_interrupted_run_resumes_to_identical_maps(setting, tmp_path, prefix, af
 
 
 def test_work_of_other_images_is_discarded(setting, tmp_path):
-    model, images, reference = setting
+    model, images, reference, cfg = setting
     work = tmp_path / "work"
     with pytest.raises(SystemExit):
-        hl.explain(model, images.flip(-1), "hdm", config=CFG, callbacks=[Interrupt("dm2/benchmark", 2)], work_dir=work)
+        hl.explain(model, images.flip(-1), "hdm", config=cfg, callbacks=[Interrupt("dm2/benchmark", 2)], work_dir=work)
     assert (work / "dm1__benchmark.pt").is_file()
-    assert_same(hl.explain(model, images, "hdm", config=CFG, work_dir=work), reference)
+    assert_same(hl.explain(model, images, "hdm", config=cfg, work_dir=work), reference)
 
 
 def test_finished_fits_are_not_retrained(setting, tmp_path, monkeypatch):
-    model, images, reference = setting
+    model, images, reference, cfg = setting
     work = tmp_path / "work"
     with pytest.raises(SystemExit):
-        hl.explain(model, images, "hdm", config=CFG, callbacks=[Interrupt("mix", 1)], work_dir=work)
+        hl.explain(model, images, "hdm", config=cfg, callbacks=[Interrupt("mix", 1)], work_dir=work)
     calls = []
     real = hl.explainers.engine.MaskStageModule.training_step
     monkeypatch.setattr(hl.explainers.engine.MaskStageModule, "training_step", lambda *a: calls.append(1) or real(*a))
-    assert_same(hl.explain(model, images, "hdm", config=CFG, work_dir=work), reference)
+    assert_same(hl.explain(model, images, "hdm", config=cfg, work_dir=work), reference)
     assert calls == []  # every DM fit came from the work folder; only the mix continued

@@ -11,7 +11,7 @@ from hdm_lightning.config import MaskOptimConfig, MDMConfig
 DM = {"sizes": [3, 4], "factors": [2, 3], "epochs": 12, "lr": 0.05, "eta": 0.02}
 TOL = 1e-10  # float64 throughout: only summation-order round-off may differ
 _STABLE = MaskOptimConfig()
-# The reference's own description of the default (stable) dynamics, and the papers' (None: torch Adam).
+# The reference's own description of the stable dynamics' settings, and the papers' (None: torch Adam).
 REF_OPTIM = {
     "paper": None,
     "stable": {
@@ -25,7 +25,7 @@ REF_OPTIM = {
 DYNAMICS = pytest.mark.parametrize("dynamics", ["paper", "stable"])
 # The stable dynamics take smaller steps (relative eps, decay to 0): a larger lr keeps these short runs non-vacuous.
 LR = {"paper": 1.0, "stable": 150.0}
-# MDM's default stable dynamics keep a smaller relative eps (see MDMConfig).
+# MDM's stable dynamics keep a smaller relative eps (see MDMConfig).
 _MDM_REL = MDMConfig().optim.eps_relative
 MDM_OPTIM = {"paper": None, "stable": {**REF_OPTIM["stable"], "eps_relative": _MDM_REL}}
 MDM_LR = {"paper": 1.0, "stable": 150.0 * _MDM_REL / _STABLE.eps_relative}

@@ -2,8 +2,9 @@
 
 A real classifier (the bundled ImageNet-pretrained EfficientNet-Lite0, on shipped photos at 96x96 so
 that the test runs in seconds) and a DM schedule with enough steps that the papers' dynamics
-(``optim.dynamics: paper``) turn a 1e-6 change of the input into a different map. The same test with
-the default (stable) dynamics must pass; the papers' dynamics must fail it, or the test has lost its power.
+(``optim.dynamics: paper``, the default) turn a 1e-6 change of the input into a different map. The same
+test with ``optim.dynamics: stable`` must pass; the papers' dynamics must fail it, or the test has lost its
+power.
 """
 
 import pytest
@@ -19,6 +20,7 @@ pytest.importorskip("skimage")
 SIZE = 96
 DM = {"schedule": {"params": {"sizes": [4, 6], "factors": [2], "epochs": 100, "lr": 0.05, "eta": 100.0}}}
 PAPER = {"optim": {"dynamics": "paper"}}
+STABLE = {"optim": {"dynamics": "stable"}}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,7 @@ def _dm(model, x, **cfg):
 def test_noise_far_below_a_grey_level_leaves_the_map_as_it_is(lite0):
     model, x = lite0
     x = x[:1]
-    stable = _dm(model, torch.cat([x, _noisy(x)]))
+    stable = _dm(model, torch.cat([x, _noisy(x)]), **STABLE)
     agree = map_agreement(stable[:1], stable[1:])
     assert agree["pearson"].item() >= 0.99, agree
     assert agree["iou20"].item() >= 0.90, agree
@@ -59,8 +61,8 @@ def test_noise_far_below_a_grey_level_leaves_the_map_as_it_is(lite0):
 @pytest.mark.slow
 def test_a_map_does_not_depend_on_the_batch_it_is_explained_in(lite0):
     model, x = lite0
-    alone = _dm(model, x[:1])
-    together = _dm(model, x)[:1]
+    alone = _dm(model, x[:1], **STABLE)
+    together = _dm(model, x, **STABLE)[:1]
     agree = map_agreement(alone, together)
     assert agree["pearson"].item() >= 0.99, agree
     assert agree["iou20"].item() >= 0.90, agree
