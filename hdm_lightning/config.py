@@ -1,7 +1,8 @@
 """Structured method configs (OmegaConf dataclasses) and their loading.
 
-The dataclass defaults are the papers' CUB-200-2011 settings (SPEC.md); ``configs/methods/*.yaml``
-hold the named presets. Unknown keys and wrongly typed values are rejected with the key's name.
+The dataclass defaults are the papers' CUB-200-2011 settings (README: Decisions and where they live);
+``configs/methods/*.yaml`` hold the named presets. Unknown keys and wrongly typed values are rejected with
+the key's name.
 """
 
 from __future__ import annotations

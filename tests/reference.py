@@ -1,9 +1,9 @@
 """A deliberately simple, one-vector-at-a-time, one-image-at-a-time reference of DM, HDM and MDM.
 
-Written straight from SPEC.md and the papers' algorithms (papers/000 Algorithms 1-2, papers/002
-Algorithm 1) with batch size 1 and plain torch loops. It shares no code with ``hdm_lightning`` so
-that the batched engine can be checked against it. Slow by design; used by the tests and by
-``python -m hdm_lightning.benchmark`` (part (a)).
+Written straight from the papers' algorithms (the HDM paper's appendix, arXiv 2301.04970, Algorithms
+1-2; the MDM paper, arXiv 2207.08046, Algorithm 1) with batch size 1 and plain torch loops. It shares no
+code with ``hdm_lightning`` so that the batched engine can be checked against it. Slow by design; used by
+the tests and by ``python -m hdm_lightning.benchmark`` (part (a)).
 """
 
 from __future__ import annotations
@@ -291,7 +291,7 @@ def reference_mdm(
     early=None,
     optim=None,
 ):
-    """MDM (papers/002 Algorithm 1), one image and one vector at a time."""
+    """MDM (the MDM paper, arXiv 2207.08046, Algorithm 1), one image and one vector at a time."""
     model.eval()
     targets = _targets(model, images, target)
     outs = []
@@ -333,7 +333,10 @@ def reference_mdm(
 
 
 def reference_hdm(model, images, stages, dm_kwargs, mix_epochs, mix_lr, lam, target=None, optim=None):
-    """HDM (papers/000 Algorithm 2), one image at a time; each DM run via :func:`dm_one_image`."""
+    """HDM (the HDM paper's appendix, arXiv 2301.04970, Algorithm 2), one image at a time.
+
+    Each DM run goes through :func:`dm_one_image`.
+    """
     model.eval()
     targets = _targets(model, images, target)
     out = {"saliency": [], "maps": [], "masked": [], "weights": [], "v": []}

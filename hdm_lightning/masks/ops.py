@@ -1,7 +1,7 @@
 """Mask maths in plain torch: no Lightning, no numpy in the autograd path.
 
-Notation follows ``SPEC.md`` (HDM paper §3, HDM appx. Algorithms 1-2, MDM paper §3):
-``g`` upsampling, ``N`` per-image min-max normalisation, ``J`` activation consistency,
+Notation follows the papers (HDM paper, arXiv 2301.04970, §3 and appendix Algorithms 1-2; MDM paper,
+arXiv 2207.08046, §3): ``g`` upsampling, ``N`` per-image min-max normalisation, ``J`` activation consistency,
 ``L_R`` mean absolute mask value, HDM weights ``w_j = sum_{k>=j} v_k^2`` (Eq. 3).
 """
 

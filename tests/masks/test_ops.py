@@ -71,7 +71,7 @@ def test_l1_and_consistency():
     assert torch.equal(ops.consistency(torch.tensor([3.0]), torch.tensor([1.0])), torch.tensor([4.0]))
 
 
-# K_j^i for 224 x 224 (SPEC.md / papers/001 §3.2), with the paper's CUB sizes and factors.
+# K_j^i for 224 x 224 (the HDM paper, arXiv 2301.04970, §3.2), with the paper's CUB sizes and factors.
 K_224 = {
     (6, 2): 5,
     (6, 3): 3,

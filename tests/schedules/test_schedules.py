@@ -19,7 +19,7 @@ def test_registry_lists_builtins_and_rejects_unknown_and_duplicates():
 
 
 def test_dm_plan_paper_cub():
-    sched = DMSchedule()  # defaults = papers/001 CUB settings
+    sched = DMSchedule()  # defaults = the HDM paper, arXiv 2301.04970, CUB settings
     plan = sched.plan(224, 224)
     assert [(s.name, len(s.vectors), s.steps) for s in plan] == [
         ("benchmark", 6, 800),
