@@ -23,12 +23,13 @@ REF_OPTIM = {
     },
 }
 DYNAMICS = pytest.mark.parametrize("dynamics", ["paper", "stable"])
-# The stable dynamics take smaller steps (relative eps, decay to 0): a larger lr keeps these short runs non-vacuous.
-LR = {"paper": 1.0, "stable": 150.0}
+# The stable dynamics' steps shrink with the relative eps (and decay to 0): an lr multiplier of half the relative
+# eps keeps these short runs non-vacuous.
+LR = {"paper": 1.0, "stable": _STABLE.eps_relative / 2}
 # MDM's stable dynamics keep a smaller relative eps (see MDMConfig).
 _MDM_REL = MDMConfig().optim.eps_relative
 MDM_OPTIM = {"paper": None, "stable": {**REF_OPTIM["stable"], "eps_relative": _MDM_REL}}
-MDM_LR = {"paper": 1.0, "stable": 150.0 * _MDM_REL / _STABLE.eps_relative}
+MDM_LR = {"paper": 1.0, "stable": _MDM_REL / 2}
 
 
 def _cfg(dynamics: str, **cfg) -> dict:
