@@ -394,17 +394,48 @@ class _TimedMixing(_StepClock, MixingModule):
     """:class:`MixingModule` with step timestamps."""
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory window: CUDA's max-allocated counter, or the process's RSS high-water mark
+    (Linux ``VmHWM``, reset by writing ``5`` to ``/proc/self/clear_refs``; silently skipped elsewhere)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mib(device: torch.device) -> float | None:
+    """Peak memory since :func:`reset_peak_memory` in MiB: GPU max allocated, or CPU RSS high-water mark
+    (whole process: the model and Python count too); ``None`` where the platform cannot tell."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def measure_fit(module: _StepClock, device: torch.device, precision: str, full_steps: int) -> dict:
     """Time one ``run_fit`` of a module whose first step is a warm-up, and extrapolate to ``full_steps``.
 
     Returns:
         ``s_per_step`` (mean over the steps after the warm-up), ``setup_s`` (fit time outside the
-        steps: Trainer construction, setup, teardown), ``warmup_step_s``, and ``seconds``
-        ``= setup_s + full_steps * s_per_step``, the estimate for one full fit.
+        steps: Trainer construction, setup, teardown), ``warmup_step_s``, ``seconds``
+        ``= setup_s + full_steps * s_per_step``, the estimate for one full fit, and ``peak_mib``, the
+        fit's peak memory (:func:`peak_memory_mib`).
     """
+    reset_peak_memory(device)
     t0 = now(device)
     run_fit(module, device, precision)
     t1 = now(device)
+    peak = peak_memory_mib(device)
     starts, ends = module.clock_starts, module.clock_ends
     measured = len(ends) - 1
     per_step = (ends[-1] - ends[0]) / measured
@@ -416,6 +447,7 @@ def measure_fit(module: _StepClock, device: torch.device, precision: str, full_s
         "setup_s": setup,
         "full_steps": full_steps,
         "seconds": setup + full_steps * per_step,
+        "peak_mib": peak,
     }
 
 
@@ -526,6 +558,10 @@ def _hms(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h"
 
 
+def _mib(value: float | None) -> str:
+    return f"{value:>9.0f}" if value is not None else f"{'n/a':>9}"
+
+
 def format_report(rep: dict) -> str:
     """The compact human-readable report."""
     cfg, env = rep["config"], rep["environment"]
@@ -607,14 +643,15 @@ def format_report(rep: dict) -> str:
             "",
             f"(c) paper presets, EXTRAPOLATED from {c['measured_steps']} measured steps per stage fit "
             f"(after {c['warmup_steps']} warm-up step) to the full step counts",
-            "    fit        vec  rows   s/step  setup s   steps   est. s",
+            "    fit        vec  rows   s/step  setup s   steps   est. s  peak MiB",
         ]
+        mem = "GPU max allocated" if env["device"].startswith("cuda") else "process RSS high-water mark"
         fits = [(r["stage"], r) for r in [*hdm["dm_stages"], hdm["mixing"]]]
         fits += [(f"mdm:{r['stage']}", r) for r in mdm["stages"]]
         for name, r in fits:
             lines.append(
                 f"    {name:<10} {r['vectors']:>3} {r['rows']:>5} {r['s_per_step']:>8.4f} {r['setup_s']:>8.2f} "
-                f"{r['full_steps']:>7} {r['seconds']:>8.1f}"
+                f"{r['full_steps']:>7} {r['seconds']:>8.1f} {_mib(r.get('peak_mib'))}"
             )
         lines += [
             f"    HDM (DM sizes {p['sizes'][0][0]}..{p['sizes'][-1][0]}, factors {p['factors']}, {p['epochs']} epochs, "
@@ -623,6 +660,7 @@ def format_report(rep: dict) -> str:
             f"({_hms(hdm['batch_s'])} per batch of {cfg['batch']})",
             f"    MDM ({mdm['preset']['sizes']} sizes, {mdm['preset']['steps']} steps): {mdm['passes_per_image']} "
             f"passes/image, {mdm['sample_passes_per_s']:.1f} sample-passes/s, {_hms(mdm['s_per_image'])}/image",
+            f"    peak MiB: {mem} during the fit (choose batch_size and engine.max_rows from it)",
         ]
     end = env.get("load_average_end") or []
     lines += ["", f"benchmark wall time {_hms(rep['wall_s'])}, load avg at end {', '.join(f'{x:.2f}' for x in end)}"]

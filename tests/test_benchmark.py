@@ -29,8 +29,11 @@ def test_benchmark_reports_equivalence_overhead_and_throughput(tmp_path, capsys)
     assert hdm["passes_per_image"] == 3 * DMSchedule().passes_per_image(32, 32) + 400
     assert mdm["passes_per_image"] == MDMSchedule().passes_per_image(32, 32) == 27 * 2000
     assert hdm["s_per_image"] > 0 and hdm["sample_passes_per_s"] > 0
+    # peak memory per fit (Linux: the process's RSS high-water mark, at least the model and torch itself)
+    assert all(r["peak_mib"] > 50 for r in [*hdm["dm_stages"], hdm["mixing"], *mdm["stages"]])
     text = capsys.readouterr().out
     assert "(a) batched engine vs one-at-a-time reference" in text and "EXTRAPOLATED" in text
+    assert "peak MiB: process RSS high-water mark" in text
 
 
 def test_benchmark_rejects_bad_arguments(capsys):

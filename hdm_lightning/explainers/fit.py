@@ -500,6 +500,9 @@ def run_fit(
         return
     with quiet_lightning():
         L.Trainer(**kwargs).fit(module)
+    # Lightning's teardown moves a GPU-fitted module to the CPU; its masks, buffers and history are read next
+    # together with tensors that stay on the device (images, guides, the classifier): bring it back.
+    module.to(device)
     if not module.finished:
         # Only an interruption ends a fit early (a callback setting should_stop, a signal handler):
         # its masks are not final, so nothing downstream may use them.
