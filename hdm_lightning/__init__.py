@@ -1,7 +1,22 @@
-"""hdm_lightning: Hierarchical Dynamic Masks, Dynamic Masks and Multiple Dynamic Mask on Lightning."""
+"""hdm_lightning: Hierarchical Dynamic Masks, Dynamic Masks and Multiple Dynamic Mask on Lightning.
 
+Every saliency method (DM, HDM, MDM and the baselines) is one registered :class:`SaliencyMethod`
+(:mod:`hdm_lightning.contract`); importing the package registers them all.
+"""
+
+from hdm_lightning import baselines as _baselines  # noqa: F401  (registers the baselines)
 from hdm_lightning.config import method_config
-from hdm_lightning.explainers import EXPLAINERS, Explanation, StageResult, build_explainer, explain
+from hdm_lightning.contract import (
+    METHODS,
+    Attribution,
+    RunContext,
+    SaliencyMethod,
+    available_methods,
+    build_method,
+    mask_methods,
+    register_method,
+)
+from hdm_lightning.explainers import DM, HDM, MDM, Explanation, StageResult, explain
 from hdm_lightning.schedules import (
     MaskSchedule,
     MaskVector,
@@ -14,16 +29,25 @@ from hdm_lightning.schedules import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "EXPLAINERS",
+    "DM",
+    "HDM",
+    "MDM",
+    "METHODS",
+    "Attribution",
     "Explanation",
     "MaskSchedule",
     "MaskVector",
+    "RunContext",
+    "SaliencyMethod",
     "Stage",
     "StageResult",
+    "available_methods",
     "available_schedules",
-    "build_explainer",
+    "build_method",
     "build_schedule",
     "explain",
+    "mask_methods",
     "method_config",
+    "register_method",
     "register_schedule",
 ]

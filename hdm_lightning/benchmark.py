@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 import hdm_lightning
 from hdm_lightning.config import HDMConfig
-from hdm_lightning.explainers.engine import frozen
+from hdm_lightning.core import frozen
 from hdm_lightning.explainers.fit import MaskStageModule, MixingModule, run_fit
 from hdm_lightning.explainers.result import Explanation
 from hdm_lightning.explainers.selectors import ActivationSelector
@@ -395,8 +395,10 @@ class _TimedMixing(_StepClock, MixingModule):
 
 
 def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak-memory window: CUDA's max-allocated counter, or the process's RSS high-water mark
-    (Linux ``VmHWM``, reset by writing ``5`` to ``/proc/self/clear_refs``; silently skipped elsewhere)."""
+    """Start a new peak-memory window: CUDA's max-allocated counter, or the process's RSS high-water mark.
+
+    The RSS mark is Linux's ``VmHWM``, reset by writing ``5`` to ``/proc/self/clear_refs`` (skipped elsewhere).
+    """
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
@@ -408,8 +410,10 @@ def reset_peak_memory(device: torch.device) -> None:
 
 
 def peak_memory_mib(device: torch.device) -> float | None:
-    """Peak memory since :func:`reset_peak_memory` in MiB: GPU max allocated, or CPU RSS high-water mark
-    (whole process: the model and Python count too); ``None`` where the platform cannot tell."""
+    """Peak memory since :func:`reset_peak_memory` in MiB; ``None`` where the platform cannot tell.
+
+    GPU: max allocated; CPU: the RSS high-water mark of the whole process (the model and Python count too).
+    """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     try:

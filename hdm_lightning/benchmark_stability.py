@@ -148,9 +148,8 @@ def resolve_methods(names: list[str], presets: list[str], sets: list[str]) -> li
         UsageError: an unknown or repeated method, a malformed item, an item for a method not in ``--methods``,
             an unknown or wrongly typed key, or settings the method refuses (the message names it and the fix).
     """
-    from hdm_lightning.baselines import available_methods
     from hdm_lightning.config import ConfigError, method_config, parse_overrides
-    from hdm_lightning.explainers.methods import build_explainer
+    from hdm_lightning.contract import METHODS, available_methods
 
     known = available_methods()
     unknown = [n for n in names if n not in known]
@@ -200,7 +199,7 @@ def resolve_methods(names: list[str], presets: list[str], sets: list[str]) -> li
             spec = MethodSpec(name, OmegaConf.to_container(dots), None, overrides[name])
         if spec.is_mask:  # schedule name and parameters: refused now, before the classifier is loaded
             try:
-                build_explainer(name, spec.params["config"])
+                METHODS.get(name).check_config(method_config(name, spec.params["config"]))
             except (ValueError, KeyError, TypeError) as e:
                 msg = e.args[0] if isinstance(e, KeyError) and e.args else e
                 raise UsageError(f"settings of {name} (--set {overrides[name]}): {msg}") from None
@@ -214,7 +213,7 @@ def build_methods(specs: list[MethodSpec], model: torch.nn.Module) -> dict[str, 
     Raises:
         UsageError: a method refuses its parameters (e.g. a ``--set`` key it does not have).
     """
-    from hdm_lightning.baselines import build_method
+    from hdm_lightning.contract import build_method
 
     methods = {}
     for spec in specs:
@@ -349,7 +348,7 @@ def explain_cli(
         RuntimeError: explain.py failed (the message holds the end of its stderr), or its run config does not
             hold this benchmark's method settings.
     """
-    from hdm_lightning.runner import output_names
+    from hdm_lightning.run.folder import output_names
 
     if spec.is_mask:
         method = [f"method={spec.name}", "preset=null", f"explainer={json.dumps(spec.params['config'])}"]

@@ -9,7 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lightning.pytorch.utilities import rank_zero_only
+
 from hdm_lightning.config import ConfigError, load_run_config, load_train_config
+from hdm_lightning.distributed import launch
+from hdm_lightning.runner import run_explain
+from hdm_lightning.train import run_training
 
 __all__ = ["explain_main", "train_classifier_main"]
 
@@ -64,9 +69,6 @@ def explain_main(argv: list[str] | None = None) -> int:
     )
 
     def run(cfg, settings):
-        from hdm_lightning.distributed import launch
-        from hdm_lightning.runner import run_explain
-
         t = cfg.trainer
         shard = launch(cfg.device, t.devices, t.num_nodes, t.timeout_hours)
         summary = run_explain(cfg, settings, shard)
@@ -85,10 +87,6 @@ def train_classifier_main(argv: list[str] | None = None) -> int:
     )
 
     def run(cfg):
-        from lightning.pytorch.utilities import rank_zero_only
-
-        from hdm_lightning.train import run_training
-
         summary = run_training(cfg)
         return summary if rank_zero_only.rank == 0 else None  # one summary line, from rank 0
 

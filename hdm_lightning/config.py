@@ -7,6 +7,7 @@ the key's name.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,19 @@ class MDMConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
 
 
-METHOD_CONFIGS: dict[str, type] = {"dm": DMConfig, "hdm": HDMConfig, "mdm": MDMConfig}
+METHOD_CONFIGS: dict[str, type] = {}
+"""Name -> structured config of the methods configured by one (DM, HDM, MDM): filled when such a method is
+registered (:func:`hdm_lightning.contract.register_method`), so the method class is the one place that names it."""
+_CONFIG_CHECKS: dict[str, Callable[[DictConfig], object]] = {}
+
+
+def register_method_config(name: str, schema: type, check: Callable[[DictConfig], object]) -> None:
+    """Make ``schema`` the ``explainer:`` settings of method ``name``; ``check(settings)`` validates merged ones.
+
+    Called by :func:`hdm_lightning.contract.register_method` for a method class with a ``config_class``.
+    """
+    METHOD_CONFIGS[name] = schema
+    _CONFIG_CHECKS[name] = check
 
 
 def method_config(method: str, overrides: Any = None) -> DictConfig:
@@ -399,10 +412,8 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
     cfg = _load_layers(ExplainRunConfig, path, overrides)
     folder = Path(path).resolve().parent if path is not None else Path.cwd()
     run_imports(list(cfg.imports))  # before the method/schedule names are looked up
-    from hdm_lightning.explainers import EXPLAINERS
-
-    if cfg.method not in EXPLAINERS:
-        raise ConfigError(f"unknown method {cfg.method!r}: use one of {EXPLAINERS.names()}")
+    if cfg.method not in METHOD_CONFIGS:
+        raise ConfigError(f"unknown method {cfg.method!r}: use one of {sorted(METHOD_CONFIGS)}")
     _choice(cfg.target, TARGETS, "target")
     _choice(cfg.wandb.mode, WANDB_MODES, "wandb.mode")
     if cfg.batch_size < 1:
@@ -438,7 +449,7 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
         raise ConfigError(f"bad config key 'explainer.{key}': {str(e).splitlines()[0]}") from None
     cfg.explainer = OmegaConf.to_container(settings)
     try:  # schedule name and parameters, thresholds, ...: checked now, before any data or model is loaded
-        EXPLAINERS.get(cfg.method)(settings)
+        _CONFIG_CHECKS[cfg.method](settings)
     except (ValueError, KeyError) as e:
         raise ConfigError(f"explainer settings: {e.args[0] if isinstance(e, KeyError) else e}") from None
     return cfg, settings

@@ -126,10 +126,10 @@ class MetricSuite:
     ) -> list[dict]:
         """Every metric value of every image (``NaN`` where an image has no mask), curves as lists.
 
-        ``method`` (the :class:`~hdm_lightning.baselines.base.SaliencyMethod` that made ``maps``) and ``ids`` (the
+        ``method`` (the :class:`~hdm_lightning.contract.SaliencyMethod` that made ``maps``) and ``ids`` (the
         images' ids, which seed the noise) are needed by ``stability``, which calls the method again on the same
         images and targets (:func:`~hdm_lightning.metrics.stability.rerun_conditions`: without the run's
-        checkpoints or logger, and restoring the method's cost counters and ``last_explanation`` afterwards).
+        checkpoints or logger).
         """
         b = images.shape[0]
         out: list[dict] = [{} for _ in range(b)]

@@ -35,6 +35,7 @@ from hdm_lightning.models import (
     torchvision_weights_preprocess,
 )
 from hdm_lightning.models.lightning_classifier import ClassifierModule, initial_backbone
+from hdm_lightning.run.folder import check_run_folder
 
 __all__ = ["TrainSummary", "run_training"]
 
@@ -86,8 +87,6 @@ def run_training(cfg: DictConfig) -> TrainSummary:
         ConfigError, DatasetError, ValueError: a problem with the config, the data or the weights, with its
             fix in the message (raised before training starts).
     """
-    from hdm_lightning.runner import check_run_folder
-
     folder = Path(cfg.output.dir)
     last = folder / "checkpoints" / "last.ckpt"
     # Under DDP Lightning re-runs this script once per extra device (or torchrun/SLURM start every

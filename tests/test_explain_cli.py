@@ -166,9 +166,9 @@ def test_interrupted_run_resumes_to_identical_outputs(reference, folder, tmp_pat
 
         monkeypatch.setattr(MixingModule, "training_step", training_step)
     else:
-        import hdm_lightning.runner as runner
+        import hdm_lightning.run.writer as writer
 
-        real = runner.atomic_write_json
+        real = writer.atomic_write_json
         stop_at = 2 if where == "between-batches" else 3  # after the 1st batch / halfway through the 2nd
 
         def write(rec, path):
@@ -177,7 +177,7 @@ def test_interrupted_run_resumes_to_identical_outputs(reference, folder, tmp_pat
             if calls["n"] == stop_at:
                 raise CrashError("killed")
 
-        monkeypatch.setattr(runner, "atomic_write_json", write)
+        monkeypatch.setattr(writer, "atomic_write_json", write)
     with pytest.raises(CrashError):
         run(f"data.root={folder}", f"output.dir={out}", "wandb.mode=disabled")
     monkeypatch.undo()

@@ -1,28 +1,14 @@
-"""Saliency baselines the papers compare against, and DM/HDM/MDM, behind one contract and one registry.
+"""Saliency baselines the papers compare against, behind the one method contract and registry.
 
->>> from hdm_lightning.baselines import METHODS, build_method  # doctest: +SKIP
->>> method = build_method("gradcam", model)  # doctest: +SKIP
->>> maps = method(images, target)  # [B, 1, H, W] in [0, 1]  # doctest: +SKIP
->>> method.forward_passes, method.backward_passes  # samples spent by that call  # doctest: +SKIP
+>>> from hdm_lightning.contract import build_method  # doctest: +SKIP
+>>> result = build_method("gradcam", model).explain(images, target)  # doctest: +SKIP
+>>> result.maps, result.forward_passes, result.backward_passes  # maps in [0, 1]; samples  # doctest: +SKIP
 
 Families: :mod:`.gradients` (captum), :mod:`.cam` (grad-cam), :mod:`.rise`, :mod:`.perturbation` (Fong & Vedaldi's
-mask), :mod:`.masks` (DM, HDM, MDM adapters and the random map). Importing this package registers them all.
+mask), :mod:`.random_map` (the floor). Importing this package registers them all; DM, HDM and MDM are registered by
+:mod:`hdm_lightning.explainers`, behind the same contract (:mod:`hdm_lightning.contract`).
 """
 
-from hdm_lightning.baselines.base import (
-    METHODS,
-    PassCounter,
-    SaliencyMethod,
-    TokenReshape,
-    available_methods,
-    build_method,
-    default_target_layer,
-    method_params,
-    nhwc_to_nchw,
-    preserved,
-    register_method,
-    resolve_module,
-)
 from hdm_lightning.baselines.cam import (
     AblationCAM,
     EigenCAM,
@@ -35,15 +21,12 @@ from hdm_lightning.baselines.cam import (
     fullgrad_unsupported_reason,
 )
 from hdm_lightning.baselines.gradients import DeepLift, Gradient, IntegratedGradients, distinct_relus
-from hdm_lightning.baselines.masks import DM, HDM, MDM, RandomMap
+from hdm_lightning.baselines.layers import TokenReshape, default_target_layer, nhwc_to_nchw, resolve_module
 from hdm_lightning.baselines.perturbation import MeaningfulPerturbation
+from hdm_lightning.baselines.random_map import RandomMap
 from hdm_lightning.baselines.rise import RISE, rise_masks
 
 __all__ = [
-    "DM",
-    "HDM",
-    "MDM",
-    "METHODS",
     "RISE",
     "AblationCAM",
     "DeepLift",
@@ -55,21 +38,14 @@ __all__ = [
     "IntegratedGradients",
     "LayerCAM",
     "MeaningfulPerturbation",
-    "PassCounter",
     "RandomMap",
-    "SaliencyMethod",
     "ScoreCAM",
     "TokenReshape",
     "XGradCAM",
-    "available_methods",
-    "build_method",
     "default_target_layer",
     "distinct_relus",
     "fullgrad_unsupported_reason",
-    "method_params",
     "nhwc_to_nchw",
-    "preserved",
-    "register_method",
     "resolve_module",
     "rise_masks",
 ]

@@ -14,7 +14,7 @@ Post-processing: grad-cam returns ``[B, H, W]`` numpy maps already ReLU'd, resiz
 interpolation (``cv2.resize``) and min-max scaled per image (``scale_cam_image``); we only convert them to a tensor
 on the images' device (the contract's ``N`` then makes the range exactly ``[0, 1]``).
 
-Target layers: :func:`~hdm_lightning.baselines.base.default_target_layer` per architecture (the grad-cam README's
+Target layers: :func:`~hdm_lightning.baselines.layers.default_target_layer` per architecture (the grad-cam README's
 choices), overridable by ``target_layer`` (a dotted path). ViT and Swin activations go through a reshape to
 ``[B, C, h, w]`` (class token dropped; NHWC permuted). The target is ``ClassifierOutputTarget(c)``: the logit of
 class ``c``. Eigen-CAM ignores the target (first principal component of the activations).
@@ -34,14 +34,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from hdm_lightning.baselines.base import (
-    SaliencyMethod,
-    default_target_layer,
-    module_path,
-    register_method,
-    reshape_for,
-    resolve_module,
-)
+from hdm_lightning.baselines.layers import default_target_layer, module_path, reshape_for, resolve_module
+from hdm_lightning.contract import SaliencyMethod, register_method
 
 __all__ = [
     "AblationCAM",

@@ -28,8 +28,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from hdm_lightning.baselines.base import SaliencyMethod, register_method
-from hdm_lightning.explainers.methods import model_device_dtype
+from hdm_lightning.contract import SaliencyMethod, register_method
+from hdm_lightning.core import model_device_dtype
 
 __all__ = ["DeepLift", "DistinctBasicBlock", "DistinctBottleneck", "Gradient", "IntegratedGradients", "distinct_relus"]
 

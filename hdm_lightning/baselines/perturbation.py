@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hdm_lightning.baselines.base import SaliencyMethod, register_method
+from hdm_lightning.contract import SaliencyMethod, register_method
 from hdm_lightning.masks.ops import UPSAMPLE_MODES, upsample
 
 __all__ = ["MeaningfulPerturbation", "gaussian_blur", "tv_beta"]

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hdm_lightning.baselines.base import SaliencyMethod, register_method
+from hdm_lightning.contract import SaliencyMethod, register_method
 
 __all__ = ["RISE", "rise_masks"]
 

@@ -1,24 +1,7 @@
-"""Explainers as sequential Lightning fits over mask-vector parameters."""
+"""DM, HDM and MDM: registered saliency methods whose parameters are mask vectors, trained in sequential fits."""
 
-from hdm_lightning.explainers.methods import (
-    EXPLAINERS,
-    DMExplainer,
-    HDMExplainer,
-    MDMExplainer,
-    build_explainer,
-    explain,
-)
+from hdm_lightning.explainers.methods import DM, HDM, MDM, explain
 from hdm_lightning.explainers.result import Explanation, StageResult
 from hdm_lightning.explainers.selectors import ActivationSelector
 
-__all__ = [
-    "EXPLAINERS",
-    "ActivationSelector",
-    "DMExplainer",
-    "Explanation",
-    "HDMExplainer",
-    "MDMExplainer",
-    "StageResult",
-    "build_explainer",
-    "explain",
-]
+__all__ = ["DM", "HDM", "MDM", "ActivationSelector", "Explanation", "StageResult", "explain"]

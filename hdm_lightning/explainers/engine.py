@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -56,31 +55,6 @@ class ScheduleOutcome:
     names: dict[str, list[str]]
     plan: list[Stage]
     passes: int
-
-
-@contextmanager
-def frozen(model: nn.Module, channels_last: bool = False):
-    """Put ``model`` in eval mode with gradients off; restore every flag afterwards.
-
-    The weights are never modified; each submodule's ``training`` flag and each parameter's
-    ``requires_grad`` are restored exactly (no side effects on the caller's model).
-    """
-    modes = {m: m.training for m in model.modules()}
-    grads = {p: p.requires_grad for p in model.parameters()}
-    model.eval()
-    for p in grads:
-        p.requires_grad_(False)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    try:
-        yield model
-    finally:
-        if channels_last:
-            model.to(memory_format=torch.contiguous_format)
-        for m, mode in modes.items():
-            m.training = mode
-        for p, g in grads.items():
-            p.requires_grad_(g)
 
 
 def train_schedule(

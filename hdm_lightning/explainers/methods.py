@@ -1,8 +1,13 @@
-"""DM, HDM and MDM explainers (registered by name; the registry is the one list of methods).
+"""DM, HDM and MDM: registered saliency methods (:mod:`hdm_lightning.contract`) built on sequential Lightning fits.
 
-- DM: HDM paper §3.2, HDM appx. Algorithm 1.
-- HDM: HDM paper §3.1 Eq. 1-5, HDM appx. Algorithm 2.
-- MDM: MDM paper §3, Algorithm 1.
+- DM: "Hierarchical Dynamic Masks for Visual Explanation of Neural Networks" (arXiv 2301.04970) §3.2 and its
+  appendix Algorithm 1.
+- HDM: the same paper, §3.1 Eq. 1-5 and appendix Algorithm 2.
+- MDM: "Multiple Dynamic Mask" (arXiv 2207.08046) §3, Algorithm 1.
+
+Each is built once from its structured config (``config_class``; a dict, DictConfig, dataclass or YAML preset of
+overrides) and called with ``(images, targets)``; the :class:`~hdm_lightning.contract.Attribution` it returns
+carries the full :class:`~hdm_lightning.explainers.result.Explanation` (stages, mixing weights, loss histories).
 """
 
 from __future__ import annotations
@@ -11,15 +16,18 @@ import hashlib
 import time
 import warnings
 from pathlib import Path
+from typing import ClassVar
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from hdm_lightning.callbacks.checkpoint import WorkStore
-from hdm_lightning.config import method_config
-from hdm_lightning.explainers.engine import FitSettings, combine, fit_resumable, frozen, train_schedule
+from hdm_lightning.config import DMConfig, HDMConfig, MDMConfig, method_config
+from hdm_lightning.contract import METHODS, Attribution, RunContext, SaliencyMethod, build_method, register_method
+from hdm_lightning.core import PassCounter, check_images, frozen, model_device_dtype, preserved
+from hdm_lightning.explainers.engine import FitSettings, combine, fit_resumable, train_schedule
 from hdm_lightning.explainers.fit import EarlyStop, MixingModule
 from hdm_lightning.explainers.optim import MaskOptim
 from hdm_lightning.explainers.result import Explanation, StageResult
@@ -32,28 +40,9 @@ from hdm_lightning.masks.ops import (
     hierarchical_masked_image,
     mdm_combine_threshold,
 )
-from hdm_lightning.registry import Registry
 from hdm_lightning.schedules.base import build_schedule
 
-EXPLAINERS: Registry[type] = Registry("explainer")
-
-
-def check_images(images: object) -> None:
-    """Reject what the explainers cannot explain, with a message that names the fix."""
-    if not isinstance(images, Tensor):
-        raise ValueError(f"images must be a torch.Tensor [B, C, H, W], got {type(images).__name__}")
-    if images.dim() != 4:
-        hint = " (a single image: images.unsqueeze(0))" if images.dim() == 3 else ""
-        raise ValueError(f"images must have rank 4 [B, C, H, W]; got shape {tuple(images.shape)}{hint}")
-    if not images.dtype.is_floating_point:
-        raise ValueError(
-            f"images must be a floating-point tensor, got dtype {images.dtype}: convert (e.g. x.float() / 255) "
-            "and normalise as the classifier expects"
-        )
-    if images.shape[0] == 0 or images.shape[-1] < 1 or images.shape[-2] < 1:
-        raise ValueError(f"images must hold at least one image with positive size; got shape {tuple(images.shape)}")
-    if not torch.isfinite(images).all():
-        raise ValueError("images contain NaN or inf values: clean or re-load the input")
+__all__ = ["DM", "HDM", "MDM", "explain", "mask_optim"]
 
 
 def mask_optim(cfg) -> MaskOptim:
@@ -72,83 +61,109 @@ def mask_optim(cfg) -> MaskOptim:
     )
 
 
-def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    """The device and floating dtype of the first parameter (or buffer); CPU/float32 without any."""
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.dtype.is_floating_point:
-            return t.device, t.dtype
-    return torch.device("cpu"), torch.float32
+class _MaskMethod(SaliencyMethod):
+    """Common glue of DM/HDM/MDM: config, input checks, frozen classifier, selector, fit settings, pass counts.
 
+    Args:
+        model: the classifier (kept frozen; every flag restored after each call).
+        config: overrides of the method's structured config (:attr:`config_class`): a dict, DictConfig, dataclass
+            or the path of a YAML preset (``configs/methods/*.yaml``). Checked here, so a bad key or value fails
+            when the method is built, not in the middle of a run.
+    """
 
-class _Explainer:
-    """Common glue: config, input checks, frozen classifier, selector, settings."""
+    def __init__(self, model: nn.Module, config: object = None) -> None:
+        super().__init__(model)
+        self.config = config
+        self.cfg = method_config(self.name, config)
+        self.threshold, self.schedule, self.early, self.optim = self.check_config(self.cfg)
 
-    name = ""
+    @classmethod
+    def check_config(cls, cfg) -> tuple[Threshold, object, EarlyStop | None, MaskOptim]:
+        """Check a merged config and build its parts: threshold, mask schedule, early stop, optimiser dynamics.
 
-    def __init__(self, config: DictConfig | dict | None = None) -> None:
-        self.cfg = config if isinstance(config, DictConfig) else method_config(self.name, config)
-        if self.cfg.upsample not in UPSAMPLE_MODES:
-            raise ValueError(f"upsample must be one of {list(UPSAMPLE_MODES)}, got {self.cfg.upsample!r}")
-        self.threshold = Threshold(self.cfg.threshold.kind, float(self.cfg.threshold.value))
-        self.schedule = build_schedule(self.cfg.schedule.name, OmegaConf.to_container(self.cfg.schedule.params))
-        es = self.cfg.early_stop
-        self.early = EarlyStop(es.min_steps, es.patience, es.min_delta) if es.enabled else None
-        self.optim = mask_optim(self.cfg.optim)
-
-    def explain(
-        self,
-        model: nn.Module,
-        images: Tensor,
-        target: Target = None,
-        logger=None,
-        callbacks=None,
-        work_dir: str | Path | None = None,
-    ) -> Explanation:
-        """Explain ``model``'s decision on ``images`` (``[B, C, H, W]``, normalised as it expects).
-
-        With ``work_dir``, finished stage fits and the fit in flight are checkpointed there (see
-        :mod:`hdm_lightning.callbacks.checkpoint`); calling again with the same images, config and
-        ``work_dir`` after an interruption continues where it stopped and gives the same maps.
+        A bad value fails here: when a method is built, or when a run config is loaded (before any data or model).
         """
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if cfg.upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample must be one of {list(UPSAMPLE_MODES)}, got {cfg.upsample!r}")
+        threshold = Threshold(cfg.threshold.kind, float(cfg.threshold.value))
+        schedule = build_schedule(cfg.schedule.name, OmegaConf.to_container(cfg.schedule.params))
+        es = cfg.early_stop
+        early = EarlyStop(es.min_steps, es.patience, es.min_delta) if es.enabled else None
+        return threshold, schedule, early, mask_optim(cfg.optim)
+
+    def explain(self, images: Tensor, target: Target = None, context: RunContext | None = None) -> Attribution:
+        """Explain the model's decision on ``images`` (``[B, C, H, W]``, normalised as it expects).
+
+        Args:
+            images: the batch.
+            target: ``None`` (the predicted class), a class index or one per image, or a callable
+                ``selector(model, x) -> Tensor[N]`` giving the activation to preserve.
+            context: logger and callbacks for the fits, and ``work_dir``: finished stage fits and the fit in
+                flight are checkpointed there (:mod:`hdm_lightning.callbacks.checkpoint`); calling again with the
+                same images, config and ``work_dir`` after an interruption continues where it stopped and gives
+                the same maps.
+        """
         check_images(images)
-        device, dtype = model_device_dtype(model)
-        images = images.to(device=device, dtype=dtype)
+        context = context or RunContext()
+        device, dtype = model_device_dtype(self.model)
+        x = images.detach().to(device=device, dtype=dtype)
+        settings = self._settings(device, x, target, context)
+        start = time.perf_counter()
+        devices = [device] if device.type == "cuda" else []
+        with (
+            preserved(self.model),
+            PassCounter(self.model) as counter,
+            torch.random.fork_rng(devices=devices),
+            frozen(self.model, self.cfg.engine.channels_last),
+        ):
+            L.seed_everything(int(self.cfg.engine.seed), verbose=False)
+            selector = ActivationSelector(self.model, x, target)
+            out = self._explain(x, selector, settings)
+        out.seconds = time.perf_counter() - start
+        self._check(out, counter, x.shape[0], resumed=context.work_dir is not None)
+        maps = self._finish(out.saliency, (x.shape[0], 1, *x.shape[-2:]), images.device)
+        return Attribution(maps, out.seconds, counter.forward, counter.backward, explanation=out)
+
+    def _settings(self, device: torch.device, images: Tensor, target: Target, context: RunContext) -> FitSettings:
         eng = self.cfg.engine
-        settings = FitSettings(
+        store = None if context.work_dir is None else WorkStore(context.work_dir, self.fingerprint(images, target))
+        return FitSettings(
             device=device,
             precision=eng.precision,
             channels_last=eng.channels_last,
             max_rows=eng.max_rows,
             progress_bar=eng.progress_bar,
             log_every=eng.log_every_n_steps,
-            logger=logger,
-            callbacks=list(callbacks or []),
-            store=None if work_dir is None else WorkStore(work_dir, self.fingerprint(model, images, target)),
+            logger=context.logger,
+            callbacks=list(context.callbacks or []),
+            store=store,
             checkpoint_every_n_steps=eng.checkpoint_every_n_steps,
             checkpoint_every_n_seconds=eng.checkpoint_every_n_seconds,
             optim=self.optim,
         )
-        start = time.perf_counter()
-        devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), frozen(model, eng.channels_last):
-            L.seed_everything(int(eng.seed), verbose=False)
-            selector = ActivationSelector(model, images, target)
-            out = self._explain(model, images, selector, settings)
-        out.seconds = time.perf_counter() - start
+
+    def _check(self, out: Explanation, counter: PassCounter, batch: int, resumed: bool) -> None:
+        """Warn about all-zero maps, and about a pass count that disagrees with the explanation's."""
         empty = int((out.saliency.flatten(1).amax(1) <= 0).sum())
         if empty:
             t = self.cfg.threshold
             warnings.warn(
-                f"{self.name}: {empty} of {images.shape[0]} maps are all zero: the threshold gamma "
+                f"{self.name}: {empty} of {batch} maps are all zero: the threshold gamma "
                 f"({t.kind} {t.value:g}) is at or above every value of the combined mask. Train longer, or lower "
                 "threshold.value (e.g. threshold: {kind: quantile, value: 0.5})",
-                stacklevel=2,
+                stacklevel=3,
             )
-        return out
+        expected = out.passes_per_image * batch
+        # A call that continues checkpointed work legitimately spends fewer passes than it reports.
+        if counter.backward != expected and not resumed:
+            warnings.warn(
+                f"{self.name}: counted {counter.backward} backward samples but the explanation reports "
+                f"{out.passes_per_image} per image x {batch} images = {expected}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
-    def fingerprint(self, model: nn.Module, images: Tensor, target: Target) -> str:
+    def fingerprint(self, images: Tensor, target: Target) -> str:
         """A digest of what determines the maps: config, images, target and the model's weights."""
         h = hashlib.sha256()
         h.update(OmegaConf.to_yaml(self.cfg).encode())
@@ -157,15 +172,15 @@ class _Explainer:
             h.update(target.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         h.update(images.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         with torch.no_grad():  # weights summarised cheaply: shapes and float64 sums per tensor
-            for name, t in model.state_dict().items():
+            for name, t in self.model.state_dict().items():
                 h.update(f"{name}{tuple(t.shape)}{t.double().sum().item() if t.numel() else 0.0!r}".encode())
         return h.hexdigest()
 
-    def _dm_run(self, model, selector, x: Tensor, settings: FitSettings, prefix: str) -> tuple[StageResult, int]:
+    def _dm_run(self, selector, x: Tensor, settings: FitSettings, prefix: str) -> tuple[StageResult, int]:
         """One DM/MDM run ``Q(x)``: train the schedule on ``x`` against ``f_p(x)``."""
         reference = selector.evaluate(x)
         outcome = train_schedule(
-            model,
+            self.model,
             selector,
             x,
             reference,
@@ -194,63 +209,74 @@ class _Explainer:
         )
         return res, outcome.passes
 
-    def _explain(self, model, images, selector, settings) -> Explanation:
-        raise NotImplementedError
+    def _explain(self, images: Tensor, selector: ActivationSelector, settings: FitSettings) -> Explanation:
+        """One DM/MDM run on ``images``; HDM overrides it."""
+        res, passes = self._dm_run(selector, images, settings, prefix=self.name)
+        return Explanation(
+            method=self.name,
+            saliency=res.saliency,
+            binary=res.binary,
+            target=selector.targets,
+            activation=selector.reference,
+            probability=selector.probability,
+            stages=[res],
+            history={f"{self.name}/{k}": v for k, v in res.history.items()},
+            passes_per_image=passes // images.shape[0],
+        )
 
 
-def _single_run(self, model, images, selector, settings) -> Explanation:
-    res, passes = self._dm_run(model, selector, images, settings, prefix=self.name)
-    return Explanation(
-        method=self.name,
-        saliency=res.saliency,
-        binary=res.binary,
-        target=selector.targets,
-        activation=selector.reference,
-        probability=selector.probability,
-        stages=[res],
-        history={f"{self.name}/{k}": v for k, v in res.history.items()},
-        passes_per_image=passes // images.shape[0],
-    )
+@register_method("dm")
+class DM(_MaskMethod):
+    """Dynamic masks: ``M_b = N((M_c - gamma) {M_c >= gamma})`` (HDM paper §3.2, Eq. 9-10).
+
+    Args:
+        model: the classifier.
+        config: overrides of :class:`~hdm_lightning.config.DMConfig`.
+    """
+
+    config_class: ClassVar[type] = DMConfig
 
 
-@EXPLAINERS.register("dm")
-class DMExplainer(_Explainer):
-    """Dynamic masks: ``M_b = N((M_c - gamma) {M_c >= gamma})`` (HDM paper Eq. 9-10)."""
+@register_method("mdm")
+class MDM(_MaskMethod):
+    """Multiple dynamic mask: ``M^h = N({sum g(d_i) >= gamma} sum g(d_i))`` (MDM paper §3, Eq. 2).
 
-    name = "dm"
-    _explain = _single_run
+    Args:
+        model: the classifier.
+        config: overrides of :class:`~hdm_lightning.config.MDMConfig`.
+    """
 
-
-@EXPLAINERS.register("mdm")
-class MDMExplainer(_Explainer):
-    """Multiple dynamic mask: ``M^h = N({sum g(d_i) >= gamma} sum g(d_i))`` (MDM paper Eq. 2)."""
-
-    name = "mdm"
-    _explain = _single_run
+    config_class: ClassVar[type] = MDMConfig
 
 
-@EXPLAINERS.register("hdm")
-class HDMExplainer(_Explainer):
-    """Hierarchical dynamic masks: ``S`` DM runs on progressively masked images, then a learned mix."""
+@register_method("hdm")
+class HDM(_MaskMethod):
+    """Hierarchical dynamic masks: ``S`` DM runs on progressively masked images, then a learned mix (HDM paper §3.1).
 
-    name = "hdm"
+    Args:
+        model: the classifier.
+        config: overrides of :class:`~hdm_lightning.config.HDMConfig`.
+    """
 
-    def __init__(self, config: DictConfig | dict | None = None) -> None:
-        super().__init__(config)
-        if int(self.cfg.stages) < 1:
-            raise ValueError(f"hdm stages (S) must be >= 1, got {self.cfg.stages!r}")
-        mix = self.cfg.mixing
+    config_class: ClassVar[type] = HDMConfig
+
+    @classmethod
+    def check_config(cls, cfg) -> tuple[Threshold, object, EarlyStop | None, MaskOptim]:  # noqa: D102
+        if int(cfg.stages) < 1:
+            raise ValueError(f"hdm stages (S) must be >= 1, got {cfg.stages!r}")
+        mix = cfg.mixing
         if int(mix.epochs) < 1 or float(mix.lr) <= 0 or float(mix.lam) < 0:
             raise ValueError(f"hdm mixing needs epochs >= 1, lr > 0, lam >= 0; got {OmegaConf.to_container(mix)}")
+        return super().check_config(cfg)
 
-    def _explain(self, model, images, selector, settings) -> Explanation:
+    def _explain(self, images: Tensor, selector: ActivationSelector, settings: FitSettings) -> Explanation:
         x0 = images
         stages, maps, history = [], [], {}
         passes = 0
         x = x0
         for s in range(1, int(self.cfg.stages) + 1):
             # Q(X_{s-1}): f_p keeps the class chosen on X_0; the reference is f_p(X_{s-1}) (SPEC).
-            res, p = self._dm_run(model, selector, x, settings, prefix=f"dm{s}")
+            res, p = self._dm_run(selector, x, settings, prefix=f"dm{s}")
             passes += p
             maps.append(res.saliency)
             x = hierarchical_masked_image(x0, maps)  # Eq. 2
@@ -259,7 +285,7 @@ class HDMExplainer(_Explainer):
             history.update({f"dm{s}/{k}": v for k, v in res.history.items()})
         stacked = torch.stack(maps, 1)  # [B, S, 1, H, W]
         mix = MixingModule(
-            model,
+            self.model,
             selector,
             x0,
             stacked,
@@ -295,12 +321,6 @@ class HDMExplainer(_Explainer):
         )
 
 
-def build_explainer(method: str, config=None) -> _Explainer:
-    """The explainer registered as ``method`` with its config merged with ``config``."""
-    cls = EXPLAINERS.get(method)
-    return cls(method_config(method, config))
-
-
 def explain(
     model: nn.Module,
     images: Tensor,
@@ -311,12 +331,14 @@ def explain(
     callbacks=None,
     work_dir: str | Path | None = None,
 ) -> Explanation:
-    """Explain ``model`` on ``images`` with HDM, DM or MDM.
+    """Explain ``model`` on ``images`` with HDM, DM or MDM (the notebook shorthand).
+
+    The same as ``build_method(method, model, {"config": config}).explain(images, target, context).explanation``.
 
     Args:
         model: any classifier ``nn.Module`` (kept frozen; its flags are restored afterwards).
         images: ``[B, C, H, W]`` float tensor, normalised as ``model`` expects.
-        method: a registered explainer: ``"hdm"``, ``"dm"`` or ``"mdm"``.
+        method: a registered mask method: ``"hdm"``, ``"dm"`` or ``"mdm"``.
         target: ``None`` (the predicted class), a class index or one per image, or a callable
             ``selector(model, x) -> Tensor[N]`` giving the activation to preserve.
         config: overrides of the method's settings: a dict, DictConfig, dataclass or a YAML path
@@ -328,6 +350,14 @@ def explain(
 
     Returns:
         :class:`~hdm_lightning.explainers.result.Explanation` with tensors on the model's device.
+
+    Raises:
+        KeyError: ``method`` is not a registered mask method (the message lists them).
     """
-    explainer = build_explainer(method, config)
-    return explainer.explain(model, images, target, logger=logger, callbacks=callbacks, work_dir=work_dir)
+    cls = METHODS.get(method)
+    if not issubclass(cls, _MaskMethod):
+        masks = [n for n in METHODS.names() if issubclass(METHODS.get(n), _MaskMethod)]
+        raise KeyError(f"explain() runs the mask methods {masks}; for {method!r} use build_method({method!r}, model)")
+    m = build_method(method, model, {"config": config})
+    context = RunContext(logger=logger, callbacks=list(callbacks or []), work_dir=work_dir)
+    return m.explain(images, target, context).explanation

@@ -226,27 +226,14 @@ def id_noise(item_id: object, shape: Sequence[int], dtype: torch.dtype = torch.f
 
 
 @contextmanager
-def _reruns_of(method: Any, device: torch.device) -> Iterator[None]:
-    """Calls of ``method`` that leave no trace: no checkpoints, logger or callbacks, cost and outputs restored.
+def _reruns_of(device: torch.device) -> Iterator[None]:
+    """Calls that leave no trace: the global RNG is forked, so the run's next call sees the state it would have seen.
 
-    The run reads the method's ``seconds``, ``forward_passes``, ``backward_passes`` and ``last_explanation`` of
-    its own call; DM/HDM/MDM get ``work_dir=None`` (a rerun must neither read nor write the run's mid-stage
-    checkpoints). The global RNG is forked, so the run's next call sees the state it would have seen anyway.
+    A method keeps no state between calls, and a rerun gets no run context: no checkpoints, logger or callbacks.
     """
-    names = ("seconds", "forward_passes", "backward_passes", "last_explanation")
-    saved = {n: getattr(method, n) for n in names if hasattr(method, n)}
-    kwargs = getattr(method, "explain_kwargs", None)
-    if kwargs is not None:
-        method.explain_kwargs = {**kwargs, "work_dir": None, "logger": None, "callbacks": []}
     devices = [device] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            yield
-    finally:
-        for n, v in saved.items():
-            setattr(method, n, v)
-        if kwargs is not None:
-            method.explain_kwargs = kwargs
+    with torch.random.fork_rng(devices=devices):
+        yield
 
 
 def rerun_conditions(
@@ -268,10 +255,11 @@ def rerun_conditions(
       than one thread is in use, else the condition is left out.
 
     The calls cost ``len(noise) + (B if B > 1 else 1) + 1`` extra calls of the method per batch (at most); they
-    use no checkpoints, logger or callbacks and leave the method's cost counters as they were (:func:`_reruns_of`).
+    use no checkpoints, logger or callbacks (no :class:`~hdm_lightning.contract.RunContext`) and leave the global RNG
+    as it was (:func:`_reruns_of`).
 
     Args:
-        method: a :class:`~hdm_lightning.baselines.base.SaliencyMethod` (``method(images, target) -> maps``).
+        method: a :class:`~hdm_lightning.contract.SaliencyMethod` (``method(images, target) -> maps``).
         images: ``[B, C, H, W]`` the run's batch, normalised.
         target: LongTensor ``[B]``, the classes the run explained.
         ids: the images' ids (seed their noise), ``B`` of them.
@@ -284,7 +272,7 @@ def rerun_conditions(
     if len(ids) != b:
         raise ValueError(f"rerun_conditions needs one id per image: got {len(ids)} ids for {b} images")
     out: dict[str, Tensor] = {}
-    with _reruns_of(method, images.device):
+    with _reruns_of(images.device):
         if noise:
             n = torch.stack([id_noise(i, images.shape[1:], images.dtype) for i in ids]).to(images.device)
             for eps in noise:

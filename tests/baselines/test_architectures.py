@@ -12,15 +12,15 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 from hdm_lightning.baselines import (
     TokenReshape,
-    build_method,
     default_target_layer,
     distinct_relus,
     fullgrad_unsupported_reason,
     nhwc_to_nchw,
-    preserved,
     resolve_module,
 )
-from hdm_lightning.baselines.base import module_path
+from hdm_lightning.baselines.layers import module_path
+from hdm_lightning.contract import build_method
+from hdm_lightning.core import preserved
 from hdm_lightning.models.classifiers import build_backbone
 
 # (constructor, expected dotted path of the target layer, reshape kind). Built on the meta device: structure only,
@@ -173,10 +173,11 @@ def test_deeplift_on_torchvision_resnet18():
     model = resnet18().train()
     x = torch.randn(2, 3, 32, 32)
     method = build_method("deeplift", model)
-    sal = method(x, torch.tensor([0, 1]))
+    result = method.explain(x, torch.tensor([0, 1]))
+    sal = result.maps
     assert sal.shape == (2, 1, 32, 32) and torch.isfinite(sal).all() and (sal.flatten(1).std(1) > 0).all()
     # captum runs inputs and baselines as one batch; +2 one-image probes of distinct_relus (find reuse, re-check).
-    assert (method.forward_passes, method.backward_passes) == (2 * 2 + 2, 2 * 2)
+    assert (result.forward_passes, result.backward_passes) == (2 * 2 + 2, 2 * 2)
     assert model.training and all(isinstance(b.relu, nn.ReLU) for b in model.layer1)
     assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules())
 

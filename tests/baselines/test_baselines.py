@@ -14,7 +14,7 @@ from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 from toy_models import RegionNet, box_mask
 
-from hdm_lightning.baselines import METHODS, build_method, method_params
+from hdm_lightning.contract import METHODS, build_method, method_params
 from hdm_lightning.models.classifiers import build_backbone
 
 S = 32
@@ -87,6 +87,7 @@ class Record:
     backward: int
     method: object
     changes: list[str]
+    explanation: object = None  # DM/HDM/MDM: the Explanation of the call
 
 
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
@@ -125,15 +126,17 @@ def runs():
         if (kind, name) not in cache:
             model = models[kind]
             before = snapshot(model)
-            maps, error, method = None, None, None
+            maps, error, method, result = None, None, None, None
             try:
                 method = build_method(name, model, PARAMS.get(name))
-                maps = method(images, target)
+                result = method.explain(images, target)
+                maps = result.maps
             except ValueError as e:
                 error = e
-            fwd = method.forward_passes if method is not None else 0
-            bwd = method.backward_passes if method is not None else 0
-            cache[kind, name] = Record(maps, error, fwd, bwd, method, changes(model, before))
+            fwd = result.forward_passes if result is not None else 0
+            bwd = result.backward_passes if result is not None else 0
+            explanation = result.explanation if result is not None else None
+            cache[kind, name] = Record(maps, error, fwd, bwd, method, changes(model, before), explanation)
         return cache[kind, name]
 
     return run
@@ -183,7 +186,7 @@ def test_pass_counts_exact(runs, kind):
     assert (deeplift.forward, deeplift.backward) == (2 * B + 1, 2 * B)
     for name in ("hdm", "dm", "mdm"):
         rec = runs(kind, name)
-        ppi = rec.method.last_explanation.passes_per_image
+        ppi = rec.explanation.passes_per_image
         assert ppi > 0 and rec.backward == ppi * B, name
         assert rec.forward >= rec.backward + B, name  # plus the reference forwards without gradient
     assert (runs(kind, "random").forward, runs(kind, "random").backward) == (0, 0)
@@ -214,9 +217,9 @@ def test_target_forms_and_dtype():
     assert torch.equal(by_int, method(x, torch.tensor([2, 2])))
     pred = model.eval()(x.double()).argmax(1)
     model.train()
-    by_none = method(x, None)
-    assert (method.forward_passes, method.backward_passes) == (2 * B, B)
-    assert torch.equal(by_none, method(x, pred))
+    by_none = method.explain(x, None)
+    assert (by_none.forward_passes, by_none.backward_passes) == (2 * B, B) and by_none.explanation is None
+    assert torch.equal(by_none.maps, method(x, pred))
     with torch.no_grad():  # an evaluation loop under no_grad: gradient methods still work
         assert torch.equal(method(x, 2), by_int)
     with pytest.raises(ValueError, match="one per image"):

@@ -120,4 +120,4 @@ def test_bad_optim_settings_name_the_key(kwargs, match):
 
 def test_unknown_dynamics_is_rejected():
     with pytest.raises(ValueError, match="optim.dynamics"):
-        hl.build_explainer("dm", {"optim": {"dynamics": "fast"}})
+        hl.build_method("dm", torch.nn.Linear(1, 1), {"config": {"optim": {"dynamics": "fast"}}})

@@ -1,0 +1,129 @@
+"""A run folder: output names for item ids, the guard against mixing configs, the records of finished images.
+
+Every file of a run is written to a temporary name and renamed (:mod:`hdm_lightning.io`), so a folder holds
+finished files or none; an image's ``records/<id>.json`` is written last, so its presence means "done".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from hdm_lightning.config import ConfigError
+from hdm_lightning.data import IMAGE_EXTENSIONS
+
+__all__ = ["NON_RESULT_KEYS", "check_run_folder", "output_names", "read_records", "safe_name"]
+
+# Keys that change how a run goes, not what it computes: a rerun may change them and still resume.
+NON_RESULT_KEYS = (
+    "imports",
+    "preset",
+    "batch_size",
+    "device",
+    "trainer",
+    "progress",
+    "output",
+    "wandb",
+    "data.ids",
+    "data.limit",
+    "explainer.engine.progress_bar",
+    "explainer.engine.log_every_n_steps",
+    "explainer.engine.checkpoint_every_n_steps",
+    "explainer.engine.checkpoint_every_n_seconds",
+    "explainer.engine.max_rows",
+)
+
+
+def safe_name(item_id: str, keep_extension: bool = False) -> str:
+    """A relative file path for an item id: sub-folders kept, the image extension dropped, odd characters ``_``."""
+    parts = [re.sub(r"[^\w.\-]", "_", p) for p in item_id.replace("\\", "/").split("/") if p not in ("", ".", "..")]
+    if not parts:
+        raise ValueError(f"item id {item_id!r} gives no usable file name")
+    last = parts[-1].lstrip(".") or "_"
+    stem, dot, ext = last.rpartition(".")
+    if not keep_extension and dot and stem and f".{ext.lower()}" in IMAGE_EXTENSIONS:
+        last = stem
+    parts[-1] = last
+    return "/".join(parts)
+
+
+def output_names(ids: list[str]) -> dict[str, str]:
+    """``safe_name`` for every id; extensions are kept when dropping them would make two names equal."""
+    names = {i: safe_name(i) for i in ids}
+    if len(set(names.values())) != len(names):
+        names = {i: safe_name(i, keep_extension=True) for i in ids}
+    if len(set(names.values())) != len(names):
+        raise ValueError("two item ids map to the same output file name; rename one of the files")
+    return names
+
+
+def _flat(cfg: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _result_keys(cfg: dict, ignore: tuple[str, ...]) -> dict[str, object]:
+    return {k: v for k, v in _flat(cfg).items() if not any(k == n or k.startswith(n + ".") for n in ignore)}
+
+
+def check_run_folder(folder: Path, cfg: DictConfig, ignore: tuple[str, ...] = NON_RESULT_KEYS) -> None:
+    """Refuse to mix results of different configs in one folder; archive the old run if asked to.
+
+    Keys under ``ignore`` may differ between the saved config and ``cfg``.
+
+    Raises:
+        ConfigError: ``folder`` holds a run whose result-determining settings differ and
+            ``output.resume`` is true.
+    """
+    saved = folder / "config.yaml"
+    if not folder.exists() or not any(p for p in folder.iterdir() if not p.name.startswith("previous-")):
+        return
+    if not cfg.output.resume:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        archive = folder / f"previous-{stamp}"
+        archive.mkdir()
+        for p in list(folder.iterdir()):
+            if not p.name.startswith("previous-"):
+                shutil.move(str(p), str(archive / p.name))
+        print(f"output.resume=false: moved the earlier run in {folder} to {archive}", file=sys.stderr)
+        return
+    if not saved.is_file():
+        raise ConfigError(
+            f"output folder {str(folder)!r} is not empty and holds no config.yaml of an earlier run: "
+            "choose another output.dir"
+        )
+    old = _result_keys(OmegaConf.to_container(OmegaConf.load(saved)), ignore)
+    new = _result_keys(OmegaConf.to_container(cfg), ignore)
+    diff = [k for k in sorted(set(old) | set(new)) if old.get(k, "<unset>") != new.get(k, "<unset>")]
+    if diff:
+        shown = "; ".join(f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in diff[:6])
+        more = f" (and {len(diff) - 6} more)" if len(diff) > 6 else ""
+        raise ConfigError(
+            f"output folder {str(folder)!r} holds a run made with a different config ({shown}{more}). "
+            "Choose another output.dir, or pass output.resume=false to move the old run into "
+            f"{folder}/previous-<time>/ and start over"
+        )
+
+
+def read_records(folder: Path) -> dict[str, dict]:
+    """Every record under ``folder/records`` by image id (a record is written last: its image is done)."""
+    records = {}
+    for path in sorted((folder / "records").rglob("*.json")):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # cannot happen with atomic writes; treat as not done
+        records[rec["id"]] = rec
+    return records

@@ -1,0 +1,227 @@
+"""The package's shape: short functions, small modules, layers that only point down.
+
+Rules (for every module of ``hdm_lightning/``):
+
+- no function or method longer than 60 lines, its docstring not counted;
+- no module longer than 400 lines;
+- no import cycle between the package's modules (module-level imports; ``if TYPE_CHECKING:`` blocks excluded);
+- no import of the package's own modules inside a function (a function-level import is for keeping an optional
+  third-party dependency optional, nothing else).
+
+``DEBT`` lists what broke a rule when the rules were written; it may only shrink: a new offender fails, and so does
+an entry that no longer offends (remove it, so that it cannot come back unnoticed).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "hdm_lightning"
+MAX_FUNCTION_LINES = 60
+MAX_MODULE_LINES = 400
+
+# What broke the rules when they were written (to be paid off; never added to).
+DEBT: dict[str, set[str]] = {
+    "long_functions": {
+        "hdm_lightning.benchmark.format_report",
+        "hdm_lightning.benchmark.throughput",
+        "hdm_lightning.benchmark_stability.main",
+        "hdm_lightning.benchmark_stability.run_method",
+        "hdm_lightning.data.datasets.CUBDataset.__init__",
+        "hdm_lightning.explainers.engine.train_schedule",
+        "hdm_lightning.models.classifiers.load_classifier",
+        "hdm_lightning.train.run_training",
+    },
+    "long_modules": {
+        "hdm_lightning.benchmark",
+        "hdm_lightning.benchmark_stability",
+        "hdm_lightning.config",
+        "hdm_lightning.data.datasets",
+        "hdm_lightning.explainers.fit",
+        "hdm_lightning.metrics.saliency",
+        "hdm_lightning.models.classifiers",
+    },
+    "function_level_imports": {
+        "hdm_lightning.benchmark_stability._preset_for: hdm_lightning.config",
+        "hdm_lightning.benchmark_stability.agreement: hdm_lightning.metrics.stability",
+        "hdm_lightning.benchmark_stability.build_methods: hdm_lightning.contract",
+        "hdm_lightning.benchmark_stability.classifier_config: hdm_lightning.models.classifiers",
+        "hdm_lightning.benchmark_stability.environment: hdm_lightning",
+        "hdm_lightning.benchmark_stability.explain_cli: hdm_lightning.run.folder",
+        "hdm_lightning.benchmark_stability.format_report: hdm_lightning.metrics.stability",
+        "hdm_lightning.benchmark_stability.load_setup: hdm_lightning.config",
+        "hdm_lightning.benchmark_stability.load_setup: hdm_lightning.data",
+        "hdm_lightning.benchmark_stability.load_setup: hdm_lightning.models",
+        "hdm_lightning.benchmark_stability.resolve_methods: hdm_lightning.config",
+        "hdm_lightning.benchmark_stability.resolve_methods: hdm_lightning.contract",
+        "hdm_lightning.models.classifiers._as_config: hdm_lightning.config",
+        "hdm_lightning.models.classifiers.load_classifier: hdm_lightning.models.lite0",
+    },
+}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+MODULES = _modules()
+TREES = {name: ast.parse(path.read_text(), str(path)) for name, path in MODULES.items()}
+
+
+def _docstring_lines(node: ast.AST) -> int:
+    body = getattr(node, "body", [])
+    first = body[0] if body else None
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        return first.end_lineno - first.lineno + 1
+    return 0
+
+
+def _functions(tree: ast.Module, module: str):
+    """``(qualified name, node)`` of every function and method, nested ones included."""
+
+    def walk(node: ast.AST, prefix: str):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                name = f"{prefix}.{child.name}"
+                yield name, child
+                yield from walk(child, name)
+            elif isinstance(child, ast.ClassDef):
+                yield from walk(child, f"{prefix}.{child.name}")
+
+    yield from walk(tree, module)
+
+
+def _resolve(module: str, node: ast.ImportFrom | ast.Import, is_package: bool) -> list[str]:
+    """The package modules an import statement loads (``from a.b import c``: ``a.b.c`` if a module, else ``a.b``)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names if a.name.split(".")[0] == "hdm_lightning"]
+    base = node.module or ""
+    if node.level:
+        parts = module.split(".")
+        parts = parts if is_package else parts[:-1]
+        parts = parts[: len(parts) - (node.level - 1)]
+        base = ".".join([*parts, base] if base else parts)
+    if base.split(".")[0] != "hdm_lightning":
+        return []
+    return [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    t = node.test
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING"
+    )
+
+
+def _module_level_imports(tree: ast.Module):
+    for node in tree.body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+        elif isinstance(node, ast.If) and not _is_type_checking(node) or isinstance(node, ast.Try):
+            yield from (n for n in ast.walk(node) if isinstance(n, ast.Import | ast.ImportFrom))
+
+
+def long_functions() -> set[str]:
+    out = set()
+    for module, tree in TREES.items():
+        for name, node in _functions(tree, module):
+            start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            if node.end_lineno - start + 1 - _docstring_lines(node) > MAX_FUNCTION_LINES:
+                out.add(name)
+    return out
+
+
+def long_modules() -> set[str]:
+    return {m for m, p in MODULES.items() if len(p.read_text().splitlines()) > MAX_MODULE_LINES}
+
+
+def function_level_imports() -> set[str]:
+    """``"<innermost function>: <imported module>"`` for each own-module import inside a function."""
+    found: dict[tuple[str, int, str], str] = {}
+    for module, tree in TREES.items():
+        is_package = MODULES[module].name == "__init__.py"
+        for name, fn in _functions(tree, module):  # outer functions first: inner ones overwrite their lines
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import | ast.ImportFrom):
+                    for target in _resolve(module, node, is_package):
+                        found[module, node.lineno, target] = f"{name}: {target}"
+    return set(found.values())
+
+
+def import_graph() -> dict[str, set[str]]:
+    graph = {}
+    for module, tree in TREES.items():
+        is_package = MODULES[module].name == "__init__.py"
+        targets = {t for n in _module_level_imports(tree) for t in _resolve(module, n, is_package)}
+        graph[module] = {t for t in targets if t != module and t in MODULES}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+@pytest.mark.parametrize("rule", ["long_functions", "long_modules", "function_level_imports"])
+def test_rule_debt_only_shrinks(rule):
+    found = globals()[rule]()
+    new = sorted(found - DEBT[rule])
+    paid = sorted(DEBT[rule] - found)
+    assert not new, f"{rule}: new offenders {new} (limits: functions {MAX_FUNCTION_LINES}, modules {MAX_MODULE_LINES})"
+    assert not paid, f"{rule}: {paid} no longer offend: remove them from DEBT in {__file__}"
+
+
+def test_no_import_cycle():
+    assert import_cycles(import_graph()) == []
+
+
+def test_the_checks_can_fail():
+    """The detectors see what they are meant to see, on code written to break each rule."""
+    cyclic = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert import_cycles(cyclic) == [["a", "b", "c"]]
+    src = "def f():\n    '''doc\n    string'''\n" + "    x = 1\n" * 61 + "    from hdm_lightning import core\n"
+    tree = ast.parse(src)
+    ((name, fn),) = list(_functions(tree, "m"))
+    assert name == "m.f" and fn.end_lineno - fn.lineno + 1 - _docstring_lines(fn) == 63
+    imports = [n for n in ast.walk(fn) if isinstance(n, ast.ImportFrom)]
+    assert _resolve("m", imports[0], False) == ["hdm_lightning.core"]
