@@ -14,14 +14,14 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from fixtures import make_folder_tree
-from toy_models import tiny_cnn
 
 from hdm_lightning.cli import explain_main
 from hdm_lightning.config import ConfigError
 from hdm_lightning.distributed import Shard, launch
 from hdm_lightning.explainers.fit import MixingModule
 from hdm_lightning.explainers.selectors import ActivationSelector
+from tests.fixtures import make_folder_tree
+from tests.toy_models import tiny_cnn
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
