@@ -185,7 +185,7 @@ def test_distribution_config_errors(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_process_benchmark_reports_a_table(folder, tmp_path, capsys):
-    from hdm_lightning.benchmark_processes import main
+    from benchmarks.benchmark_processes import main
 
     raw = tmp_path / "bench.json"
     args = ["--config", TINY, "--processes", "1", "--repeats", "1", "--json", str(raw), f"data.root={folder}"]
