@@ -374,8 +374,11 @@ class _TimedMixing(_StepClock, MixingModule):
 
 
 def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak-memory window: CUDA's max-allocated counter, or the process's RSS high-water mark
-    (Linux ``VmHWM``, reset by writing ``5`` to ``/proc/self/clear_refs``; silently skipped elsewhere)."""
+    """Start a new peak-memory window.
+
+    CUDA: the max-allocated counter. CPU: the process's RSS high-water mark (Linux ``VmHWM``, reset by writing
+    ``5`` to ``/proc/self/clear_refs``; silently skipped elsewhere).
+    """
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
@@ -387,8 +390,11 @@ def reset_peak_memory(device: torch.device) -> None:
 
 
 def peak_memory_mib(device: torch.device) -> float | None:
-    """Peak memory since :func:`reset_peak_memory` in MiB: GPU max allocated, or CPU RSS high-water mark
-    (whole process: the model and Python count too); ``None`` where the platform cannot tell."""
+    """Peak memory since :func:`reset_peak_memory` in MiB.
+
+    GPU max allocated, or CPU RSS high-water mark (whole process: the model and Python count too); ``None`` where
+    the platform cannot tell.
+    """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     try:
