@@ -27,7 +27,7 @@ lightning.__version__, "torchvision", torchvision.__version__, "timm", timm.__ve
   2>&1 | tee -a "$LOG"
 bench_c() {  # bench_c TAG BATCH [benchmark args...]: paper-preset throughput (part c)
   local tag=$1 batch=$2; shift 2; local t0=$SECONDS
-  timeout 150 python3 -m hdm_lightning.benchmark --model "$MODEL" --size "$SIZE" --device "$DEVICE" --batch "$batch" \
+  timeout 150 python3 -m benchmarks.benchmark --model "$MODEL" --size "$SIZE" --device "$DEVICE" --batch "$batch" \
     --max-rows "$MAX_ROWS" --parts c --steps "$STEPS" --json "$TMP/$tag.json" "$@" >"$TMP/$tag.txt" 2>&1
   say "-- c $tag (batch $batch $*): exit $? in $((SECONDS - t0)) s"; grep -E "^    (fit|[a-z]|HDM|MDM|peak)" "$TMP/$tag.txt" \
     | tee -a "$LOG" | grep -E "HDM|MDM" ; tail -3 "$TMP/$tag.txt" | grep -i error | tee -a "$LOG"
@@ -45,7 +45,7 @@ fi
 if [[ " $RUN " == *" a "* ]]; then
 # (a) engine vs one-at-a-time reference (fp32) and bf16-mixed vs fp32 engine maps, reduced DM schedule
 t0=$SECONDS
-timeout 150 python3 -m hdm_lightning.benchmark --model "$MODEL" --size "$SIZE" --device "$DEVICE" --batch 8 --parts a \
+timeout 150 python3 -m benchmarks.benchmark --model "$MODEL" --size "$SIZE" --device "$DEVICE" --batch 8 --parts a \
   --precision bf16-mixed --json "$TMP/a.json" >"$TMP/a.txt" 2>&1
 say "-- a bf16 vs fp32 (batch 8): exit $? in $((SECONDS - t0)) s"; sed -n '/^(a)/,/^$/p' "$TMP/a.txt" | tee -a "$LOG"
 tail -3 "$TMP/a.txt" | grep -i error | tee -a "$LOG"
@@ -59,7 +59,7 @@ if [[ " $RUN " == *" s "* ]]; then
     methods=$m; [[ $first == 1 ]] && methods="$m gradcam"; first=0
     sets=(); for e in $STAB_SET; do [[ $e == "$m:"* ]] && sets+=("$e"); done
     tag="stability_${m}_$prec"; t0=$SECONDS
-    timeout 200 python3 -m hdm_lightning.benchmark_stability --methods $methods --parts noise batch --device "$DEVICE" \
+    timeout 200 python3 -m benchmarks.benchmark_stability --methods $methods --parts noise batch --device "$DEVICE" \
       --classifier "$STAB_CLS" ${STAB_SIZE:+--size $STAB_SIZE} --set "$m:engine.precision=$prec" "${sets[@]}" \
       --json "$TMP/$tag.json" >"$TMP/$tag.txt" 2>"$TMP/$tag.err"
     say "-- $tag ($methods): exit $? in $((SECONDS - t0)) s"; tee -a "$LOG" <"$TMP/$tag.txt"

@@ -3,7 +3,7 @@
 Written straight from the papers' algorithms (the HDM paper's appendix, arXiv 2301.04970, Algorithms
 1-2; the MDM paper, arXiv 2207.08046, Algorithm 1) with batch size 1 and plain torch loops. It shares no
 code with ``hdm_lightning`` so that the batched engine can be checked against it. Slow by design; used by
-the tests and by ``python -m hdm_lightning.benchmark`` (part (a)).
+the tests and by ``python -m benchmarks.benchmark`` (part (a)).
 """
 
 from __future__ import annotations

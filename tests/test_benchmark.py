@@ -1,4 +1,4 @@
-"""``python -m hdm_lightning.benchmark`` runs end to end on a tiny model and reports what it promises."""
+"""``python -m benchmarks.benchmark`` runs end to end on a tiny model and reports what it promises."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from hdm_lightning import benchmark
+from benchmarks import benchmark
 from hdm_lightning.schedules import DMSchedule, MDMSchedule
 
 

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from hdm_lightning import benchmark_quality as bq
+from benchmarks import benchmark_quality as bq
 
 
 def _write(root, label, values):

@@ -1,4 +1,4 @@
-"""``python -m hdm_lightning.benchmark_stability`` runs end to end on a tiny setup and reports every condition."""
+"""``python -m benchmarks.benchmark_stability`` runs end to end on a tiny setup and reports every condition."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from hdm_lightning import benchmark_stability as bs
+from benchmarks import benchmark_stability as bs
 from hdm_lightning.metrics.stability import agreement_keys
 
 TINY = ["--classifier", "small_cnn", "--size", "32", "--photos", "chelsea", "coffee"]
@@ -40,7 +40,7 @@ def test_noise_and_batch_conditions_for_every_method(tmp_path, capsys):
     params = dm["params"]["config"]["schedule"]["params"]
     assert params["epochs"] == 2 and params["sizes"] == [3] and params["lr"] == 0.05
     assert "stages" not in dm["params"]["config"]
-    assert rep["argv"] == argv and rep["command"].startswith("python -m hdm_lightning.benchmark_stability")
+    assert rep["argv"] == argv and rep["command"].startswith("python -m benchmarks.benchmark_stability")
     assert set(rep["photos"]) == set(photos) and rep["photos"]["chelsea"]["noisy_prediction"]["1e-06"] >= 0
     out, err = capsys.readouterr()
     assert "| method | condition | pearson | spearman | iou5 | iou20 |" in out

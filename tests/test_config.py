@@ -56,6 +56,7 @@ def test_unknown_key_and_bad_type_are_named():
 
 def _tiny():
     import torch
-    from toy_models import tiny_cnn
+
+    from tests.toy_models import tiny_cnn
 
     return tiny_cnn(), torch.zeros(1, 3, 8, 8, dtype=torch.float64)

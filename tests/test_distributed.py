@@ -14,14 +14,14 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from fixtures import make_folder_tree
-from toy_models import tiny_cnn
 
 from hdm_lightning.cli import explain_main
 from hdm_lightning.config import ConfigError
 from hdm_lightning.distributed import Shard, launch
 from hdm_lightning.explainers.fit import MixingModule
 from hdm_lightning.explainers.selectors import ActivationSelector
+from tests.fixtures import make_folder_tree
+from tests.toy_models import tiny_cnn
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -185,7 +185,7 @@ def test_distribution_config_errors(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_process_benchmark_reports_a_table(folder, tmp_path, capsys):
-    from hdm_lightning.benchmark_processes import main
+    from benchmarks.benchmark_processes import main
 
     raw = tmp_path / "bench.json"
     args = ["--config", TINY, "--processes", "1", "--repeats", "1", "--json", str(raw), f"data.root={folder}"]

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures import (
+from omegaconf import OmegaConf
+
+from hdm_lightning.cli import explain_main
+from hdm_lightning.config import load_run_config
+from hdm_lightning.explainers.fit import MaskStageModule, MixingModule
+from hdm_lightning.models import Preprocess, build_backbone, save_classifier_checkpoint
+from tests.fixtures import (
     make_cub_tree,
     make_folder_tree,
     write_16bit_png,
@@ -20,12 +26,6 @@ from fixtures import (
     write_grey_jpeg,
     write_rgba_png,
 )
-from omegaconf import OmegaConf
-
-from hdm_lightning.cli import explain_main
-from hdm_lightning.config import load_run_config
-from hdm_lightning.explainers.fit import MaskStageModule, MixingModule
-from hdm_lightning.models import Preprocess, build_backbone, save_classifier_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")

@@ -1,6 +1,6 @@
-"""python -m hdm_lightning.sweep: quality against compute from a finished comparison's tables."""
+"""python -m benchmarks.sweep: quality against compute from a finished comparison's tables."""
 
-from hdm_lightning.sweep import main, quality_vs_compute
+from benchmarks.sweep import main, quality_vs_compute
 
 
 def write(folder, name, text):

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures import make_cub_tree, make_folder_tree
 
 from hdm_lightning.cli import explain_main, train_classifier_main
 from hdm_lightning.config import InitConfig
 from hdm_lightning.models import build_backbone, load_classifier_checkpoint
 from hdm_lightning.models.lightning_classifier import initial_backbone, transfer_weights
+from tests.fixtures import make_cub_tree, make_folder_tree
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [

@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
-from toy_models import RegionNet, box_mask
 
 from hdm_lightning.contract import METHODS, build_method, method_params
 from hdm_lightning.models.classifiers import build_backbone
+from tests.toy_models import RegionNet, box_mask
 
 S = 32
 B = 2

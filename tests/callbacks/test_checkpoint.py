@@ -3,10 +3,10 @@
 import lightning as L
 import pytest
 import torch
-from toy_models import tiny_cnn
 
 import hdm_lightning as hl
 from hdm_lightning.callbacks import WorkStore
+from tests.toy_models import tiny_cnn
 
 CFG = {
     "schedule": {"name": "dm", "params": {"sizes": [3, 4], "factors": [2], "epochs": 6, "lr": 0.05, "eta": 0.02}},

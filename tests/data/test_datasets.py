@@ -6,7 +6,6 @@ import shutil
 
 import pytest
 import torch
-from fixtures import cub_box, make_cub_tree, make_folder_tree, make_pairs_tree, write_corrupt_image
 from omegaconf import OmegaConf
 
 from hdm_lightning.config import DataConfig
@@ -26,6 +25,7 @@ from hdm_lightning.data import (
     make_batch,
 )
 from hdm_lightning.models.preprocess import Preprocess
+from tests.fixtures import cub_box, make_cub_tree, make_folder_tree, make_pairs_tree, write_corrupt_image
 
 # 40x30 images, short side already 30: no resize, a centre crop of columns 5..34. Crop pixel (r, c) is
 # original pixel (r, c + 5), so geometry can be checked exactly.

@@ -8,10 +8,10 @@ import zlib
 
 import numpy as np
 import pytest
-from fixtures import write_16bit_png, write_corrupt_image, write_grey_jpeg, write_rgba_png
 from PIL import Image
 
 from hdm_lightning.data.images import ImageReadError, load_mask, load_rgb, to_rgb
+from tests.fixtures import write_16bit_png, write_corrupt_image, write_grey_jpeg, write_rgba_png
 
 
 def _pixels(img: Image.Image) -> np.ndarray:

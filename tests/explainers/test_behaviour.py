@@ -4,9 +4,9 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
-from toy_models import RegionNet, box_mask, tiny_cnn
 
 import hdm_lightning as hl
+from tests.toy_models import RegionNet, box_mask, tiny_cnn
 
 S = 32
 BOX = [(4, 14, 18, 28)]  # the only pixels the RegionNet decision depends on (14 % of the image)

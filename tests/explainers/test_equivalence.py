@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from reference import reference_dm, reference_hdm, reference_mdm
-from toy_models import tiny_cnn
 
 import hdm_lightning as hl
 from hdm_lightning.config import MaskOptimConfig, MDMConfig
+from tests.reference import reference_dm, reference_hdm, reference_mdm
+from tests.toy_models import tiny_cnn
 
 DM = {"sizes": [3, 4], "factors": [2, 3], "epochs": 12, "lr": 0.05, "eta": 0.02}
 TOL = 1e-10  # float64 throughout: only summation-order round-off may differ

@@ -7,7 +7,6 @@ import torch
 from torch import nn
 from torchmetrics import MetricCollection
 from torchvision.transforms.v2 import functional as TF
-from toy_models import tiny_cnn
 
 from hdm_lightning.metrics import (
     METRIC_FAMILIES,
@@ -24,6 +23,7 @@ from hdm_lightning.metrics.perturbation import (
     rank_order,
     step_counts,
 )
+from tests.toy_models import tiny_cnn
 
 
 def sig(a: float) -> float:

@@ -1,9 +1,9 @@
 import pytest
 import torch
-from toy_models import tiny_cnn
 
 import hdm_lightning as hl
 from hdm_lightning.schedules import DMSchedule, MaskSchedule, MaskVector, MDMSchedule, Stage, validate_plan
+from tests.toy_models import tiny_cnn
 
 
 def test_registry_lists_builtins_and_rejects_unknown_and_duplicates():

@@ -4,7 +4,7 @@ Runs ``explain.py --config <config> trainer.devices=N`` for every N, in alternat
 ...: slow drifts of a noisy machine hit every N alike), each into a fresh temporary folder, and
 reports wall time, images per hour and the speed-up over the first N::
 
-    python -m hdm_lightning.benchmark_processes --config configs/compare_synthetic.yaml \
+    python -m benchmarks.benchmark_processes --config configs/compare_synthetic.yaml \
         --processes 1 2 --repeats 2 -- data.limit=16 "methods=[{name: hdm}]"
 
 Wall time includes each invocation's start-up (imports, process group, classifier loading), which a
@@ -50,7 +50,7 @@ def run_once(config: str, processes: int, overrides: list[str], folder: Path) ->
 
 
 def main(argv: list[str] | None = None) -> int:  # noqa: D103
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.benchmark_processes", description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True)
     ap.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=2)

@@ -1,4 +1,4 @@
-"""``python -m hdm_lightning.benchmark``: equivalence, framework overhead and paper-preset throughput.
+"""``python -m benchmarks.benchmark``: equivalence, framework overhead and paper-preset throughput.
 
 One run measures, on one model, image size, device and precision:
 
@@ -14,8 +14,8 @@ One run measures, on one model, image size, device and precision:
 Inputs are synthetic (uniform pixels normalised with the ImageNet mean and std) and the classifiers
 are randomly initialised: no weights, no data and no network are needed. Example::
 
-    python -m hdm_lightning.benchmark --model tiny --size 64            # smoke run, seconds on a CPU
-    python -m hdm_lightning.benchmark --model resnet50 --device cuda --batch 8 --precision bf16-mixed
+    python -m benchmarks.benchmark --model tiny --size 64            # smoke run, seconds on a CPU
+    python -m benchmarks.benchmark --model resnet50 --device cuda --batch 8 --precision bf16-mixed
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import importlib.util
 import json
 import os
 import platform
@@ -31,7 +30,6 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from types import ModuleType
 
 import lightning as L
 import torch
@@ -45,9 +43,8 @@ from hdm_lightning.explainers.result import Explanation
 from hdm_lightning.explainers.selectors import ActivationSelector
 from hdm_lightning.schedules.base import Stage
 from hdm_lightning.schedules.builtin import DMSchedule, MDMSchedule
+from tests.reference import reference_dm
 
-REPO = Path(__file__).resolve().parents[1]
-REFERENCE_PATH = REPO / "tests" / "reference.py"
 MODELS = ("resnet18", "resnet50", "efficientnet_lite0", "tiny")
 PRECISIONS = ("32-true", "bf16-mixed")
 PARTS = ("a", "b", "c")
@@ -104,23 +101,6 @@ def synthetic_images(batch: int, size: int, seed: int, device: torch.device) -> 
     return ((x - mean) / std).to(device)
 
 
-def load_reference(path: Path = REFERENCE_PATH) -> ModuleType:
-    """Import the one-at-a-time reference implementation from ``tests/reference.py`` by file path.
-
-    Raises:
-        FileNotFoundError: the file is missing (e.g. the package was installed without its repository).
-    """
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"part (a) needs the one-at-a-time reference {path}, which is not there (is hdm_lightning installed "
-            "without its repository?). Run from a checkout of the repository, or leave part (a) out: --parts b c"
-        )
-    spec = importlib.util.spec_from_file_location("hdm_lightning_benchmark_reference", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def now(device: torch.device) -> float:
     """``time.perf_counter()`` after the device's queued work has finished."""
     if device.type == "cuda":
@@ -150,13 +130,13 @@ def _engine_dm(model: nn.Module, images: Tensor, dm: dict, precision: str, args:
     return out, now(images.device) - t0
 
 
-def _reference_dm(model: nn.Module, images: Tensor, dm: dict, reference: ModuleType):
+def _reference_dm(model: nn.Module, images: Tensor, dm: dict):
     """The one-at-a-time reference on the same work; returns its output and its wall time."""
     # Frozen like the engine's classifier (no weight gradients); the reference builds some tensors
     # without a device, so the benchmark's device is made the default one.
     with frozen(model), torch.device(images.device):
         t0 = now(images.device)
-        ref = reference.reference_dm(model, images, **dm, tau=0.5, upsample="bilinear", threshold=("quantile", 0.5))
+        ref = reference_dm(model, images, **dm, tau=0.5, upsample="bilinear", threshold=("quantile", 0.5))
         return ref, now(images.device) - t0
 
 
@@ -180,7 +160,7 @@ def _compare(out: Explanation, ref: dict | Explanation) -> dict:
     }
 
 
-def equivalence(model: nn.Module, images: Tensor, args: argparse.Namespace, reference: ModuleType) -> dict:
+def equivalence(model: nn.Module, images: Tensor, args: argparse.Namespace) -> dict:
     """(a) The batched engine against the one-vector-at-a-time reference on a reduced DM schedule.
 
     Both run the same work in float32 (timed: the speed-up of batching), then, unless
@@ -195,7 +175,6 @@ def equivalence(model: nn.Module, images: Tensor, args: argparse.Namespace, refe
         model: the classifier, on the benchmark's device.
         images: ``[B, C, H, W]`` on the same device.
         args: parsed command line.
-        reference: the module loaded by :func:`load_reference`.
 
     Returns:
         Timings, pass counts and differences, JSON-serialisable.
@@ -208,7 +187,7 @@ def equivalence(model: nn.Module, images: Tensor, args: argparse.Namespace, refe
         "eta": args.ref_eta,
     }
     out32, t_engine = _engine_dm(model, images, dm, "32-true", args)
-    ref32, t_ref = _reference_dm(model, images, dm, reference)
+    ref32, t_ref = _reference_dm(model, images, dm)
     res = {
         "schedule": dm,
         "vectors_per_image": len(out32.stages[0].vectors),
@@ -221,7 +200,7 @@ def equivalence(model: nn.Module, images: Tensor, args: argparse.Namespace, refe
     if args.float64:
         model64, images64 = copy.deepcopy(model).double(), images.double()
         out64, t64 = _engine_dm(model64, images64, dm, "32-true", args)
-        ref64, t_ref64 = _reference_dm(model64, images64, dm, reference)
+        ref64, t_ref64 = _reference_dm(model64, images64, dm)
         res["float64"] = {"reference_s": t_ref64, "engine_s": t64, "speedup": t_ref64 / t64, **_compare(out64, ref64)}
     if args.precision == "bf16-mixed":
         out16, t16 = _engine_dm(model, images, dm, "bf16-mixed", args)
@@ -684,7 +663,7 @@ def _positive_int(text: str) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (see ``--help``)."""
     ap = argparse.ArgumentParser(
-        prog="python -m hdm_lightning.benchmark",
+        prog="python -m benchmarks.benchmark",
         description="Benchmark of the batched engine: equivalence, framework overhead, paper-preset throughput.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -722,11 +701,6 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print(f"error: --device {args.device} but CUDA is not available", file=sys.stderr)
         return 2
-    try:
-        reference = load_reference() if "a" in args.parts else None
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     start = time.perf_counter()
     L.seed_everything(args.seed, verbose=False)
     model = build_model(args.model, args.seed).to(device)
@@ -734,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     rep = {"config": config, "environment": environment(device)}
     if "a" in args.parts:
-        rep["a"] = equivalence(model, images, args, reference)
+        rep["a"] = equivalence(model, images, args)
     if "b" in args.parts:
         rep["b"] = overhead(model, images, args)
     if "c" in args.parts:

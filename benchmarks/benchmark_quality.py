@@ -1,6 +1,6 @@
 """Map quality of a comparison's methods with 95 % bootstrap intervals over images, and paired differences.
 
-``python -m hdm_lightning.benchmark_quality outputs/compare_dynamics --baseline hdm_paper [--pairs a=b ...]``
+``python -m benchmarks.benchmark_quality outputs/compare_dynamics --baseline hdm_paper [--pairs a=b ...]``
 reads the per-image metric values that ``explain.py`` stored in each method's records and prints, per metric
 column: every method's mean with its 95 % percentile-bootstrap interval (10,000 resamples of the images, seed
 0), and for each pair ``a=b`` the mean of the per-image difference ``a - b`` with its paired bootstrap interval
@@ -111,7 +111,7 @@ def markdown(table: dict, baseline: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    ap = argparse.ArgumentParser(prog="python -m hdm_lightning.benchmark_quality", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.benchmark_quality", description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path, help="an explain.py comparison run folder")
     ap.add_argument("--baseline", required=True, help="the method label whose intervals the others are held to")
     ap.add_argument("--pairs", nargs="*", default=[], help="paired differences a=b (a minus b, per image)")

@@ -1,4 +1,4 @@
-r"""``python -m hdm_lightning.benchmark_stability``: how much a map moves under changes that should not matter.
+r"""``python -m benchmarks.benchmark_stability``: how much a map moves under changes that should not matter.
 
 A saliency map should be a function of the image, the classifier, the class and the settings. For each method of
 ``--methods`` and each shipped photo of ``--photos`` (loaded and preprocessed as ``explain.py``'s
@@ -20,8 +20,8 @@ top 5 % and 20 % pixels (1 everywhere = identical maps). Methods come from the o
 ``configs/methods/mdm_fast.yaml`` for mdm) and ``--set NAME:key=value`` overrides (dotted OmegaConf keys; for other
 methods they are the method's parameters). Examples::
 
-    python -m hdm_lightning.benchmark_stability --json .bench/stability.json     # Lite0, 224², all four methods
-    python -m hdm_lightning.benchmark_stability --methods gradcam dm --classifier small_cnn --size 64 \
+    python -m benchmarks.benchmark_stability --json .bench/stability.json     # Lite0, 224², all four methods
+    python -m benchmarks.benchmark_stability --methods gradcam dm --classifier small_cnn --size 64 \
         --set dm:schedule.params.epochs=5 --parts noise batch                   # a quick run
 
 Prints one Markdown table (mean over photos, and the minimum) and the wall seconds per method; ``--json`` keeps
@@ -559,7 +559,7 @@ def _positive_float(text: str) -> float:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (see ``--help``)."""
     ap = argparse.ArgumentParser(
-        prog="python -m hdm_lightning.benchmark_stability",
+        prog="python -m benchmarks.benchmark_stability",
         description="Agreement of each method's map of a photo with its map under input noise, inside a batch, "
         "and with 1 vs 2 explain.py processes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -676,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
             photos[p]["noisy_prediction"] = preds
         _log(f"{p}: class {t} ({photos[p]['target_name']}), p = {photos[p]['probability']:.3f}")
     rep: dict[str, Any] = {
-        "command": shlex.join(["python", "-m", "hdm_lightning.benchmark_stability", *argv]),
+        "command": shlex.join(["python", "-m", "benchmarks.benchmark_stability", *argv]),
         "argv": argv,
         "settings": {
             "methods": {s.name: dataclasses.asdict(s) for s in specs},

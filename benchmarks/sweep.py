@@ -1,4 +1,4 @@
-"""``python -m hdm_lightning.sweep <run folder> --reference <label>``: quality against compute.
+"""``python -m benchmarks.sweep <run folder> --reference <label>``: quality against compute.
 
 A sweep is an ordinary comparison run (``explain.py`` with ``methods:`` and
 ``evaluation.metrics: [deletion_insertion]``) whose methods are variants of one method: more or fewer
@@ -65,7 +65,7 @@ def quality_vs_compute(folder: Path, reference: str, tolerance: float = 0.01) ->
 
 def main(argv: list[str] | None = None) -> int:
     """Write the quality-against-compute table and plot of a finished sweep run; returns an exit status."""
-    ap = argparse.ArgumentParser(prog="python -m hdm_lightning.sweep", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path, help="the sweep's run folder (output.dir)")
     ap.add_argument("--reference", required=True, help="label of the reference variant (e.g. the paper preset)")
     ap.add_argument("--tolerance", type=float, default=0.01, help="relative insertion-AUC tolerance")
