@@ -1,8 +1,8 @@
 """Structured method configs (OmegaConf dataclasses) and their loading.
 
-The dataclass defaults are the papers' CUB-200-2011 settings (README: Decisions and where they live);
-``configs/methods/*.yaml`` hold the named presets. Unknown keys and wrongly typed values are rejected with
-the key's name.
+The dataclass defaults are the papers' CUB-200-2011 settings (docs/methods.md, "Decisions on what the papers
+leave open"); ``configs/methods/*.yaml`` hold the named presets. Unknown keys and wrongly typed values are
+rejected with the key's name.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class MaskOptimConfig:
     ``dynamics: paper`` is ``torch.optim.Adam`` at the schedule's constant ``lr``, last iterate (the papers'
     exact dynamics and the default; the other keys are ignored). ``dynamics: stable`` uses the keys below:
     maps that 1e-6 input noise, batch and process count leave as they are, but at 224x224 the masks hardly
-    move and the maps score near a random map (README "Stable maps"), so they are not the default.
+    move and the maps score near a random map (docs/methods.md, "Stable maps"), so they are not the default.
     """
 
     dynamics: str = "paper"  # paper (Adam, constant lr, last iterate: the papers) | stable (the keys below)
@@ -288,7 +288,7 @@ class MethodEntry:
     they name the run's ``method``, else that method's defaults.
     """
 
-    name: str = "gradcam"  # a registered method: hdm, dm, mdm, gradcam, rise, ... (see Comparing methods)
+    name: str = "gradcam"  # a registered method: hdm, dm, mdm, gradcam, rise, ... (see docs/methods.md)
     label: str | None = None  # its name in tables and folders (default: name); one method may appear twice
     params: dict[str, Any] = field(default_factory=dict)  # the method's __init__ arguments
 

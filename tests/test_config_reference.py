@@ -1,4 +1,4 @@
-"""The README's config reference is generated from the schema and cannot drift from it."""
+"""The config reference (docs/configuration.md) is generated from the schema and cannot drift from it."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from hdm_lightning import config as C
-from hdm_lightning.config_reference import BEGIN, END, UndocumentedKeyError, keys, reference, update_readme
+from hdm_lightning.config_reference import BEGIN, DOC, END, UndocumentedKeyError, keys, reference, update_reference
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+DOC_FILE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
 
 def leaves(cfg, prefix=""):
@@ -24,9 +24,10 @@ def leaves(cfg, prefix=""):
     return out
 
 
-def test_readme_holds_the_current_reference():
-    assert update_readme(README), (
-        "README.md's config reference is out of date: run python -m hdm_lightning.config_reference --write"
+def test_docs_hold_the_current_reference():
+    assert DOC == DOC_FILE  # the module's default target is the repository's docs/configuration.md
+    assert update_reference(DOC_FILE), (
+        "docs/configuration.md's config reference is out of date: run python -m hdm_lightning.config_reference --write"
     )
 
 
@@ -37,7 +38,7 @@ def test_every_schema_key_is_documented_with_its_default(schema):
     assert set(documented) == set(leaves(cfg))
     for key, default in documented.items():
         assert OmegaConf.select(cfg, key) == default or (default == [] and not OmegaConf.select(cfg, key)), key
-    text = README.read_text().split(BEGIN)[1].split(END)[0]
+    text = DOC_FILE.read_text().split(BEGIN)[1].split(END)[0]
     prefix = "explainer." if schema in C.METHOD_CONFIGS.values() else ""
     own_tables = {"explainer": "`explainer.*`", "methods": "`methods[]`"}  # documented in tables of their own
     for key in documented:

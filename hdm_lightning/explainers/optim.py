@@ -2,7 +2,7 @@
 
 The papers train every mask vector with Adam at a constant learning rate and report the last iterate.
 In float32 that dynamic is chaotic: a change of the input far below one grey level, another batch,
-another thread count changes the map (see the README's "Stable maps"). This module keeps the papers'
+another thread count changes the map (see docs/methods.md, "Stable maps"). This module keeps the papers'
 dynamics exactly (``MaskOptim()``: ``torch.optim.Adam``'s update, constant ``lr``, last iterate; the
 default of every method) and offers the remedies measured there, each a setting (together the
 ``optim.dynamics: stable`` of a method config):
@@ -15,9 +15,9 @@ default of every method) and offers the remedies measured there, each a setting 
   (Polyak-Ruppert averaging) instead of the last iterate.
 
 Every setting acts per (vector, image) row, so training vectors and images together still equals
-training each alone. Measured at 224x224 (README "Stable maps"): the stable settings keep a map under
-1e-6 input noise, another batch or process count, but they do so mostly by hardly moving the masks from
-their initial value, and the maps then score near a random map on deletion and Average Drop.
+training each alone. Measured at 224x224 (docs/results.md, "Stability of the maps"): the stable settings
+keep a map under 1e-6 input noise, another batch or process count, but they do so mostly by hardly moving
+the masks from their initial value, and the maps then score near a random map on deletion and Average Drop.
 """
 
 from __future__ import annotations
