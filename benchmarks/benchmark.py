@@ -38,7 +38,8 @@ from torch import Tensor, nn
 import hdm_lightning
 from hdm_lightning.config import HDMConfig
 from hdm_lightning.core import frozen
-from hdm_lightning.explainers.fit import MaskStageModule, MixingModule, run_fit
+from hdm_lightning.explainers.fit import run_fit
+from hdm_lightning.explainers.modules import MaskStageModule, MixingModule
 from hdm_lightning.explainers.result import Explanation
 from hdm_lightning.explainers.selectors import ActivationSelector
 from hdm_lightning.schedules.base import Stage

@@ -21,6 +21,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -95,12 +96,47 @@ def run_training(cfg: DictConfig) -> TrainSummary:
     if main:
         check_run_folder(folder, cfg, NON_RESULT_KEYS)
     L.seed_everything(int(cfg.seed), verbose=False)
+    data = _datamodule(cfg)
+    resume = last if cfg.output.resume and last.is_file() else None
+    module, source = _module(cfg, data, resume)
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(OmegaConf.to_yaml(cfg), folder / "config.yaml")
+        print(
+            f"training {cfg.backbone} ({source}) on {data.train_set.describe()}; "
+            f"validating on {data.val_set.describe()}",
+            file=sys.stderr,
+        )
+    trainer, best, logger = _trainer(cfg, folder)
+    trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
+    if logger:
+        logger.experiment.finish()
+    best_path = Path(best.best_model_path) if best.best_model_path else last
+    n = len(data.class_names)
+    if trainer.global_rank != 0:
+        return TrainSummary(folder, best_path, folder / "classifier.pt", float("nan"), trainer.current_epoch, n)
+    trained = load_classifier_checkpoint(best_path)  # weights_only, and proves explain.py can read it
+    exported = save_classifier_checkpoint(
+        folder / "classifier.pt",
+        trained.model,
+        cfg.backbone,
+        trained.num_classes,
+        trained.class_names,
+        trained.preprocess,
+        extra={"val_acc1": float(best.best_model_score or float("nan")), "source": source},
+    )
+    score = float(best.best_model_score) if best.best_model_score is not None else float("nan")
+    return TrainSummary(folder, best_path, exported, score, trainer.current_epoch, n)
+
+
+def _datamodule(cfg: DictConfig) -> ClassifierDataModule:
+    """The data with the backbone's preprocessing (its torchvision weights' own, or the default), overridden."""
     if cfg.init.kind == "imagenet" and not cfg.backbone.startswith("timm/") and cfg.backbone != "small_cnn":
         preprocess = torchvision_weights_preprocess(cfg.backbone, cfg.init.weights)
     else:
         preprocess = default_preprocess(cfg.backbone)
     preprocess = override_preprocess(preprocess, cfg.preprocess, key="preprocess")
-    data = ClassifierDataModule(
+    return ClassifierDataModule(
         cfg.data,
         preprocess,
         batch_size=int(cfg.batch_size),
@@ -112,8 +148,15 @@ def run_training(cfg: DictConfig) -> TrainSummary:
         num_workers=int(cfg.num_workers),
         val_limit=cfg.val_limit,
     )
+
+
+def _module(cfg: DictConfig, data: ClassifierDataModule, resume: Path | None) -> tuple[ClassifierModule, str]:
+    """The LightningModule: starting weights from ``cfg.init``, or none when resuming (the checkpoint has them).
+
+    Raises:
+        ConfigError: the checkpoint to resume was trained with another backbone or number of classes.
+    """
     classes = data.class_names
-    resume = last if cfg.output.resume and last.is_file() else None
     if resume is not None:
         saved = torch.load(resume, map_location="cpu", weights_only=True)["hyper_parameters"]
         if int(saved["num_classes"]) != len(classes) or saved["backbone"] != cfg.backbone:
@@ -129,20 +172,16 @@ def run_training(cfg: DictConfig) -> TrainSummary:
         backbone=cfg.backbone,
         num_classes=len(classes),
         class_names=classes,
-        preprocess=preprocess.to_dict(),
+        preprocess=data.preprocess.to_dict(),
         optim=OmegaConf.to_container(cfg.optim),
         max_epochs=int(cfg.trainer.max_epochs),
         model=model,
     )
-    if main:
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(OmegaConf.to_yaml(cfg), folder / "config.yaml")
-        print(
-            f"training {cfg.backbone} ({source}) on {data.train_set.describe()}; "
-            f"validating on {data.val_set.describe()}",
-            file=sys.stderr,
-        )
+    return module, source
 
+
+def _trainer(cfg: DictConfig, folder: Path) -> tuple[L.Trainer, ModelCheckpoint, WandbLogger | bool]:
+    """The Trainer with the best/last checkpoints, optional early stopping and the W&B logger."""
     best = ModelCheckpoint(
         dirpath=folder / "checkpoints",
         filename="best",
@@ -158,8 +197,6 @@ def run_training(cfg: DictConfig) -> TrainSummary:
         callbacks.append(EarlyStopping("val/acc1", mode="max", patience=int(cfg.trainer.early_stopping_patience)))
     logger = False
     if cfg.wandb.mode != "disabled":
-        from lightning.pytorch.loggers import WandbLogger
-
         logger = WandbLogger(
             project=cfg.wandb.project,
             name=cfg.wandb.name,
@@ -185,24 +222,4 @@ def run_training(cfg: DictConfig) -> TrainSummary:
         enable_progress_bar=True,
         num_sanity_val_steps=0,
     )
-    trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
-    if logger:
-        logger.experiment.finish()
-
-    best_path = Path(best.best_model_path) if best.best_model_path else last
-    if trainer.global_rank != 0:
-        return TrainSummary(
-            folder, best_path, folder / "classifier.pt", float("nan"), trainer.current_epoch, len(classes)
-        )
-    trained = load_classifier_checkpoint(best_path)  # weights_only, and proves explain.py can read it
-    exported = save_classifier_checkpoint(
-        folder / "classifier.pt",
-        trained.model,
-        cfg.backbone,
-        trained.num_classes,
-        trained.class_names,
-        trained.preprocess,
-        extra={"val_acc1": float(best.best_model_score or float("nan")), "source": source},
-    )
-    score = float(best.best_model_score) if best.best_model_score is not None else float("nan")
-    return TrainSummary(folder, best_path, exported, score, trainer.current_epoch, len(classes))
+    return trainer, best, logger

@@ -18,7 +18,7 @@ import torch
 from hdm_lightning.cli import explain_main
 from hdm_lightning.config import ConfigError
 from hdm_lightning.distributed import Shard, launch
-from hdm_lightning.explainers.fit import MixingModule
+from hdm_lightning.explainers.modules import MixingModule
 from hdm_lightning.explainers.selectors import ActivationSelector
 from tests.fixtures import make_folder_tree
 from tests.toy_models import tiny_cnn

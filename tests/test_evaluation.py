@@ -11,7 +11,7 @@ import torch
 
 from hdm_lightning.cli import explain_main
 from hdm_lightning.evaluation import mean_curves, write_tables
-from hdm_lightning.explainers.fit import MaskStageModule
+from hdm_lightning.explainers.modules import MaskStageModule
 
 REPO = Path(__file__).resolve().parents[1]
 COMPARE = """\

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from hdm_lightning.cli import explain_main
 from hdm_lightning.config import load_run_config
-from hdm_lightning.explainers.fit import MaskStageModule, MixingModule
+from hdm_lightning.explainers.modules import MaskStageModule, MixingModule
 from hdm_lightning.models import Preprocess, build_backbone, save_classifier_checkpoint
 from tests.fixtures import (
     make_cub_tree,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hdm_lightning.cli import explain_main
-from hdm_lightning.explainers.fit import MaskStageModule
+from hdm_lightning.explainers.modules import MaskStageModule
 
 # 3 images in batches of 2 and 1: the "batch" condition runs both ways (each image alone; one image with companions).
 CONFIG = """\

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from hdm_lightning.callbacks.checkpoint import MaskCheckpoint, WorkStore
-from hdm_lightning.explainers.fit import EarlyStop, MaskStageModule, _FrozenClassifierFit, run_fit
+from hdm_lightning.explainers.fit import EarlyStop, _FrozenClassifierFit, run_fit
+from hdm_lightning.explainers.modules import MaskStageModule
 from hdm_lightning.explainers.optim import MaskOptim
 from hdm_lightning.masks.ops import upsample
 from hdm_lightning.schedules.base import MaskSchedule, Stage, validate_plan
@@ -94,64 +95,90 @@ def train_schedule(
     h, w = images.shape[-2:]
     plan = schedule.plan(h, w)
     validate_plan(plan, h, w)
-    b = images.shape[0]
-    trained: dict[str, Tensor] = {}
-    final_act: dict[str, Tensor] = {}
+    run = _ScheduleRun(classifier, selector, images, reference, tau, upsample_mode, aux_reference, early_stop, settings)
     history: dict[str, Tensor] = {}
     names: dict[str, list[str]] = {}
     passes = 0
-    need_final = aux_reference == "previous"
     for stage in plan:
         key = f"{prefix}/{stage.name}"
-        done = settings.store.load_finished(key) if settings.store is not None else None
-        if done is not None:  # finished before an interruption: reuse, do not retrain
-            trained.update(done["vectors"])
-            final_act.update(done["final_act"])
-            history[stage.name] = done["history"]
-            names[stage.name] = [v.name for v in stage.vectors]
-            passes += int(done["passes"])
-            continue
+        state = settings.store.load_finished(key) if settings.store is not None else None
+        if state is None:  # not finished before an interruption: train it
+            state = run.train(stage, key)
+            if settings.store is not None:
+                settings.store.save_finished(key, state)
+        run.trained.update(state["vectors"])
+        run.final_act.update(state["final_act"])
+        history[stage.name] = state["history"]
+        names[stage.name] = [v.name for v in stage.vectors]
+        passes += int(state["passes"])
+    return ScheduleOutcome(run.trained, history, names, plan, passes)
+
+
+@dataclass
+class _ScheduleRun:
+    """One schedule run's fixed inputs and what its finished stages trained (vectors, final activations)."""
+
+    classifier: nn.Module
+    selector: object
+    images: Tensor
+    reference: Tensor
+    tau: float
+    upsample_mode: str
+    aux_reference: str
+    early_stop: EarlyStop | None
+    settings: FitSettings
+    trained: dict[str, Tensor] = field(default_factory=dict)
+    final_act: dict[str, Tensor] = field(default_factory=dict)
+
+    def inputs(self, stage: Stage) -> tuple[list[Tensor], list[Tensor | None], Tensor]:
+        """Initial values, guides and consistency targets of the stage's vectors (HDM paper Eq. 7-8)."""
+        b = self.images.shape[0]
         init, guides, refs = [], [], []
         for v in stage.vectors:
             a, bb = v.size
             if v.init_from is not None:
-                init.append(upsample(trained[v.init_from], a, bb, upsample_mode).clamp(0.0, 1.0))
+                init.append(upsample(self.trained[v.init_from], a, bb, self.upsample_mode).clamp(0.0, 1.0))
             else:
-                init.append(torch.full((b, 1, a, bb), float(tau), dtype=images.dtype, device=images.device))
-            guides.append(None if v.guide is None else upsample(trained[v.guide], a, bb, upsample_mode))
-            use_prev = need_final and v.guide is not None
-            refs.append(final_act[v.guide] if use_prev else reference)
+                init.append(
+                    torch.full((b, 1, a, bb), float(self.tau), dtype=self.images.dtype, device=self.images.device)
+                )
+            guides.append(None if v.guide is None else upsample(self.trained[v.guide], a, bb, self.upsample_mode))
+            use_prev = self.aux_reference == "previous" and v.guide is not None
+            refs.append(self.final_act[v.guide] if use_prev else self.reference)
+        return init, guides, torch.stack(refs)
+
+    def train(self, stage: Stage, key: str) -> dict:
+        """Fit the stage (continuing a checkpointed fit of ``key``); its state as the work store keeps it."""
+        init, guides, refs = self.inputs(stage)
+        s = self.settings
         module = MaskStageModule(
-            classifier,
-            selector,
-            images,
+            self.classifier,
+            self.selector,
+            self.images,
             stage,
             init,
             guides,
-            torch.stack(refs),
-            upsample_mode=upsample_mode,
-            max_rows=settings.max_rows,
-            early_stop=early_stop,
-            prefix=f"{prefix}/{stage.name}",
-            log_every=settings.log_every,
-            channels_last=settings.channels_last,
-            optim=settings.optim,
+            refs,
+            upsample_mode=self.upsample_mode,
+            max_rows=s.max_rows,
+            early_stop=self.early_stop,
+            prefix=key,
+            log_every=s.log_every,
+            channels_last=s.channels_last,
+            optim=s.optim,
         )
-        fit_resumable(module, key, settings)
-        passes += module.passes
+        fit_resumable(module, key, s)
         vectors = {v.name: p.detach().clone() for v, p in zip(stage.vectors, module.result_masks(), strict=True)}
-        trained.update(vectors)
         acts = {}
-        if need_final:
+        if self.aux_reference == "previous":
             out = module.final_activations()
             acts = {v.name: out[i] for i, v in enumerate(stage.vectors)}
-            final_act.update(acts)
-        history[stage.name] = module.history.detach().clone()
-        names[stage.name] = [v.name for v in stage.vectors]
-        if settings.store is not None:
-            state = {"vectors": vectors, "final_act": acts, "history": history[stage.name], "passes": module.passes}
-            settings.store.save_finished(key, state)
-    return ScheduleOutcome(trained, history, names, plan, passes)
+        return {
+            "vectors": vectors,
+            "final_act": acts,
+            "history": module.history.detach().clone(),
+            "passes": module.passes,
+        }
 
 
 def combine(outcome: ScheduleOutcome, height: int, width: int, upsample_mode: str) -> Tensor:

@@ -28,7 +28,8 @@ from hdm_lightning.config import DMConfig, HDMConfig, MDMConfig, method_config
 from hdm_lightning.contract import METHODS, Attribution, RunContext, SaliencyMethod, build_method, register_method
 from hdm_lightning.core import PassCounter, check_images, frozen, model_device_dtype, preserved
 from hdm_lightning.explainers.engine import FitSettings, combine, fit_resumable, train_schedule
-from hdm_lightning.explainers.fit import EarlyStop, MixingModule
+from hdm_lightning.explainers.fit import EarlyStop
+from hdm_lightning.explainers.modules import MixingModule
 from hdm_lightning.explainers.optim import MaskOptim
 from hdm_lightning.explainers.result import Explanation, StageResult
 from hdm_lightning.explainers.selectors import ActivationSelector, Target
