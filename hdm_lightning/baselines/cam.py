@@ -1,14 +1,14 @@
 """Class activation maps through grad-cam (``pytorch_grad_cam``), one registered name per method.
 
-- Grad-CAM: Selvaraju et al., ICCV 2017, https://arxiv.org/abs/1610.02391
-- Grad-CAM++: Chattopadhay et al., WACV 2018, https://arxiv.org/abs/1710.11063
-- Score-CAM: Wang et al., CVPR workshops 2020, https://arxiv.org/abs/1910.01279
-- XGrad-CAM: Fu et al., BMVC 2020, https://arxiv.org/abs/2008.02312
-- Ablation-CAM: Desai & Ramaswamy, WACV 2020,
-  https://openaccess.thecvf.com/content_WACV_2020/papers/Desai_Ablation-CAM_Visual_Explanations_for_Deep_Convolutional_Network_via_Gradient-free_Localization_WACV_2020_paper.pdf
-- Eigen-CAM: Muhammad & Yeasin, IJCNN 2020, https://arxiv.org/abs/2008.00299
-- Layer-CAM: Jiang et al., IEEE TIP 2021, https://ieeexplore.ieee.org/document/9462463
-- FullGrad: Srinivas & Fleuret, NeurIPS 2019, https://arxiv.org/abs/1905.00780
+- Grad-CAM: Selvaraju et al., ICCV 2017, arXiv 1610.02391
+- Grad-CAM++: Chattopadhay et al., WACV 2018, arXiv 1710.11063
+- Score-CAM: Wang et al., CVPR workshops 2020, arXiv 1910.01279
+- XGrad-CAM: Fu et al., BMVC 2020, arXiv 2008.02312
+- Ablation-CAM: Desai & Ramaswamy, "Ablation-CAM: Visual Explanations for Deep Convolutional Network via
+  Gradient-free Localization", WACV 2020
+- Eigen-CAM: Muhammad & Yeasin, IJCNN 2020, arXiv 2008.00299
+- Layer-CAM: Jiang et al., "LayerCAM: Exploring Hierarchical Class Activation Maps for Localization", IEEE TIP 2021
+- FullGrad: Srinivas & Fleuret, NeurIPS 2019, arXiv 1905.00780
 
 Post-processing: grad-cam returns ``[B, H, W]`` numpy maps already ReLU'd, resized to the input with bilinear
 interpolation (``cv2.resize``) and min-max scaled per image (``scale_cam_image``); we only convert them to a tensor

@@ -1,19 +1,19 @@
 """Gradient-type baselines through captum: Gradient, Integrated Gradients, DeepLIFT.
 
 - Gradient (vanilla saliency): Simonyan, Vedaldi & Zisserman, "Deep Inside Convolutional Networks: Visualising Image
-  Classification Models and Saliency Maps", ICLR workshop 2014, https://arxiv.org/abs/1312.6034 (captum ``Saliency``).
+  Classification Models and Saliency Maps", ICLR workshop 2014, arXiv 1312.6034 (captum ``Saliency``).
 - Integrated Gradients: Sundararajan, Taly & Yan, "Axiomatic Attribution for Deep Networks", ICML 2017,
-  https://arxiv.org/abs/1703.01365 (captum ``IntegratedGradients``).
+  arXiv 1703.01365 (captum ``IntegratedGradients``).
 - DeepLIFT (rescale rule): Shrikumar, Greenside & Kundaje, "Learning Important Features Through Propagating Activation
-  Differences", ICML 2017, https://arxiv.org/abs/1704.02685 (captum ``DeepLift``).
+  Differences", ICML 2017, arXiv 1704.02685 (captum ``DeepLift``).
 
 Post-processing: captum returns ``[B, C, H, W]`` attributions; the map is the absolute value summed over channels,
 then ``N`` per image. That is captum's own image visualisation (``visualization.visualize_image_attr`` with
 ``sign="absolute_value"`` sums ``|attr|`` over channels); Simonyan et al. 2014 §3.1 take the maximum of ``|grad|``
 over channels instead, selectable as ``channels="max"``.
 
-Baselines (IG, DeepLIFT): the all-zero tensor in the normalised space, i.e. the dataset's mean colour (SPEC's
-evaluation baseline as well).
+Baselines (IG, DeepLIFT): the all-zero tensor in the normalised space, i.e. the dataset's mean colour (the
+evaluation's baseline as well, docs/methods.md).
 
 captum's DeepLift hooks every ReLU module and needs each to be called once per forward; torchvision ResNets call one
 ``relu`` module two (BasicBlock) or three (Bottleneck) times. :func:`distinct_relus` makes a patched copy for it.

@@ -1,7 +1,7 @@
 """Meaningful perturbation ("Mask"): a learned deletion mask, in plain torch.
 
 Fong & Vedaldi, "Interpretable Explanations of Black Boxes by Meaningful Perturbation", ICCV 2017,
-https://arxiv.org/abs/1704.03296 (§3-4; reference code github.com/ruthcfong/perturb_explanations,
+arXiv 1704.03296 (§3-4; the authors' reference code perturb_explanations,
 ``code/caffe/python/optimize_mask.py`` and ``defaults.py``).
 
 For each image ``x`` and class ``c`` a low-resolution mask ``m`` (``m = 1`` keeps a pixel, ``0`` deletes it) minimises

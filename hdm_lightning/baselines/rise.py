@@ -1,7 +1,7 @@
 """RISE: Randomized Input Sampling for Explanation, batched, in plain torch.
 
 Petsiuk, Das & Saenko, "RISE: Randomized Input Sampling for Explanation of Black-box Models", BMVC 2018,
-https://arxiv.org/abs/1806.07421 (§3.2 mask generation; reference code github.com/eclique/RISE).
+arXiv 1806.07421 (§3.2 mask generation; the authors' reference code RISE).
 
 Mask generation (paper §3.2): ``N`` binary grids of ``s x s`` cells, each cell 1 with probability ``p``; each grid is
 upsampled bilinearly to ``(s + 1) * cell`` (``cell = ceil(H / s)``, likewise for W) and cropped to ``H x W`` at a

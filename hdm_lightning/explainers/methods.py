@@ -276,7 +276,7 @@ class HDM(_MaskMethod):
         passes = 0
         x = x0
         for s in range(1, int(self.cfg.stages) + 1):
-            # Q(X_{s-1}): f_p keeps the class chosen on X_0; the reference is f_p(X_{s-1}) (SPEC).
+            # Q(X_{s-1}): f_p keeps the class chosen on X_0; the reference is f_p(X_{s-1}) (docs/methods.md).
             res, p = self._dm_run(selector, x, settings, prefix=f"dm{s}")
             passes += p
             maps.append(res.saliency)

@@ -140,7 +140,7 @@ class MaskStageModule(_FrozenClassifierFit):
         self._optimizer_step(opt)
         with torch.no_grad():
             for p in self.masks:
-                p.clamp_(0.0, 1.0)  # SPEC decision: projected onto [0, 1] after every step
+                p.clamp_(0.0, 1.0)  # project decision (docs/methods.md): projected onto [0, 1] after every step
             if self.early is not None:
                 self._early_stop_update(step)
             self._track(list(self.masks))
@@ -193,7 +193,7 @@ class MaskStageModule(_FrozenClassifierFit):
 class MixingModule(_FrozenClassifierFit):
     """HDM's learned combination (HDM paper Eq. 3-5, HDM appx. Alg. 2 lines 11-32).
 
-    Parameters ``v`` are ``[B, S]``, initialised to ones (SPEC decision); the mix
+    Parameters ``v`` are ``[B, S]``, initialised to ones (a project decision, docs/methods.md); the mix
     ``M_h = sum_j w_j M_j / sum_j w_j`` with ``w_j = sum_{k>=j} v_k^2`` keeps ``w`` non-increasing.
     """
 

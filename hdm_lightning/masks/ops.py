@@ -20,7 +20,7 @@ THRESHOLD_KINDS = ("quantile", "value")
 def upsample(v: Tensor, height: int, width: int, mode: str = "bilinear") -> Tensor:
     """``g(v, h, w)``: upsample mask vectors ``[..., a, b]`` to ``[..., h, w]``.
 
-    SPEC decision: bilinear with ``align_corners=False``; nearest selectable. Leading
+    Project decision (docs/methods.md): bilinear with ``align_corners=False``; nearest selectable. Leading
     dimensions are flattened into the batch so any ``[B, 1, a, b]`` or ``[n, B, 1, a, b]`` works.
     """
     if mode not in UPSAMPLE_MODES:
@@ -37,7 +37,7 @@ def upsample(v: Tensor, height: int, width: int, mode: str = "bilinear") -> Tens
 def normalize(x: Tensor, eps: float = 0.0) -> Tensor:
     """``N(x) = (x - min x) / (max x - min x)`` per image over the last three dims.
 
-    A constant image (max == min) maps to zeros rather than NaN (SPEC: guard max = min).
+    A constant image (max == min) maps to zeros rather than NaN (a project decision: guard max = min).
     """
     flat = x.flatten(start_dim=-3) if x.dim() >= 3 else x.flatten()
     lo = flat.min(dim=-1, keepdim=True).values
