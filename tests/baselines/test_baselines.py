@@ -15,7 +15,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 from toy_models import RegionNet, box_mask
 
 from hdm_lightning.baselines import METHODS, build_method, method_params
-from hdm_lightning.models.classifiers import build_backbone
+from hdm_lightning.models.backbones import build_backbone
 
 S = 32
 B = 2
