@@ -242,7 +242,7 @@ class Setup:
 
 def classifier_config(args: argparse.Namespace) -> dict:
     """``--classifier``/``--num-classes`` as a ``ClassifierConfig`` dict (preprocess overrides come later)."""
-    from hdm_lightning.models.classifiers import BUNDLED_NAME
+    from hdm_lightning.models import BUNDLED_NAME
 
     text = args.classifier
     path = Path(text).expanduser()

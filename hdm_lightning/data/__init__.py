@@ -1,23 +1,20 @@
-"""Images to explain: shipped demo photos, image folders, CUB-200-2011, image/mask pairs, synthetic shapes, batches."""
+"""Images to explain: shipped demo photos, image folders, CUB-200-2011, image/mask pairs, synthetic shapes, batches.
 
+Each dataset kind (``data.kind``) is one module that registers itself in :data:`DATASETS`
+(:mod:`hdm_lightning.data.kinds`); importing this package imports every built-in kind, so the registry is
+complete whenever any part of the package is in use. To add a kind, see :mod:`hdm_lightning.data.kinds`.
+"""
+
+from hdm_lightning.data.cub import CUBDataset, box_mask
 from hdm_lightning.data.datamodule import ExplainDataModule, Failure, load_items, make_batch
-from hdm_lightning.data.datasets import (
-    DATASETS,
-    IMAGE_EXTENSIONS,
-    CUBDataset,
-    DatasetError,
-    DatasetSubset,
-    ImageFolderDataset,
-    Item,
-    ItemDataset,
-    MaskPairDataset,
-    PhotoDataset,
-    box_mask,
-    build_dataset,
-    select,
-)
+from hdm_lightning.data.files import IMAGE_EXTENSIONS
+from hdm_lightning.data.folder import ImageFolderDataset
 from hdm_lightning.data.images import ImageReadError, load_mask, load_rgb
-from hdm_lightning.data.photos import demo_photos
+from hdm_lightning.data.items import DatasetError, Item, ItemDataset
+from hdm_lightning.data.kinds import DATASETS, available_dataset_kinds, build_dataset, register_dataset_kind
+from hdm_lightning.data.pairs import MaskPairDataset
+from hdm_lightning.data.photos import PhotoDataset, demo_photos
+from hdm_lightning.data.selection import DatasetSubset, select
 from hdm_lightning.data.synthetic import SHAPE_CLASSES, SyntheticShapesDataset, generate_shapes
 
 __all__ = [
@@ -36,6 +33,7 @@ __all__ = [
     "MaskPairDataset",
     "PhotoDataset",
     "SyntheticShapesDataset",
+    "available_dataset_kinds",
     "box_mask",
     "build_dataset",
     "demo_photos",
@@ -44,5 +42,6 @@ __all__ = [
     "load_mask",
     "load_rgb",
     "make_batch",
+    "register_dataset_kind",
     "select",
 ]

@@ -14,8 +14,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from hdm_lightning.data.datasets import Item, ItemDataset, build_dataset
 from hdm_lightning.data.images import ImageReadError
+from hdm_lightning.data.items import Item, ItemDataset
+from hdm_lightning.data.kinds import build_dataset
 from hdm_lightning.models.preprocess import Preprocess
 
 __all__ = ["ExplainDataModule", "Failure", "load_items", "make_batch"]
@@ -27,7 +28,7 @@ def load_items(dataset: ItemDataset, indices: Iterable[int]) -> tuple[list[Item]
     """Read ``dataset[i]`` for each index, setting aside the ones whose image cannot be read.
 
     Args:
-        dataset: a dataset of :mod:`hdm_lightning.data.datasets`.
+        dataset: a dataset of :mod:`hdm_lightning.data`.
         indices: positions in ``dataset``, in the order wanted.
 
     Returns:
@@ -118,7 +119,7 @@ class ExplainDataModule(L.LightningDataModule):
 
     Args:
         cfg: a :class:`~hdm_lightning.config.DataConfig` (or DictConfig): see
-            :func:`~hdm_lightning.data.datasets.build_dataset`.
+            :func:`~hdm_lightning.data.kinds.build_dataset`.
         preprocess: the classifier's preprocessing.
         batch_size: items per batch (failed items leave their batch smaller).
         num_workers: DataLoader worker processes (0: read in the main process).

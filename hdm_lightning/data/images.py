@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["ImageReadError", "load_mask", "load_rgb"]
+__all__ = ["ImageReadError", "fit_mask", "load_mask", "load_rgb"]
 
 # Single-channel modes that hold more than 8 bits per pixel; PIL's own convert("RGB") clips them at 255,
 # so a 16-bit PNG would come out (almost) all white. They are rescaled by their value range instead.
@@ -185,3 +185,17 @@ def load_mask(path: str | os.PathLike, threshold: int = 0, invert: bool = False)
     if invert:
         fg = ~fg
     return Image.fromarray(fg.astype(np.uint8) * 255, "L")
+
+
+def fit_mask(mask: Image.Image, size: tuple[int, int], path: str | os.PathLike) -> Image.Image:
+    """``mask`` at the image's ``size`` (W, H); a mask at another scale of the same aspect is resized (nearest).
+
+    Raises:
+        ImageReadError: the aspect ratios differ (by more than 2 %), so the mask cannot belong to the image.
+    """
+    if mask.size == size:
+        return mask
+    (mw, mh), (w, h) = mask.size, size
+    if abs(mw / mh - w / h) > 0.02 * (w / h):
+        raise ImageReadError(path, f"mask is {mw}x{mh} but its image is {w}x{h} (a different aspect ratio)")
+    return mask.resize(size, Image.Resampling.NEAREST)

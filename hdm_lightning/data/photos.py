@@ -1,16 +1,23 @@
-"""Real demo photos that ship inside installed packages (scikit-image, and scikit-learn when present).
+"""Dataset kind ``photos``: real demo photos that ship inside installed packages (scikit-image, scikit-learn).
 
 No network: only images bundled in the packages' wheels are used (scikit-image's pooch-fetched extras are not).
+:func:`demo_photos` returns them by name; :class:`PhotoDataset` is the ``photos`` dataset kind.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["demo_photos"]
+from hdm_lightning.data.items import DatasetError, Item, ItemDataset
+from hdm_lightning.data.kinds import register_dataset_kind
+from hdm_lightning.models.preprocess import Preprocess
+
+__all__ = ["PhotoDataset", "demo_photos"]
 
 # scikit-image photos, name -> skimage.data loader. Comments: what they show, and EfficientNet-Lite0's top-1 on them.
 _SKIMAGE_PHOTOS = {
@@ -67,3 +74,51 @@ def demo_photos() -> dict[str, Image.Image]:
     if not photos:
         raise RuntimeError("No demo photos: install scikit-image (`pip install scikit-image`) for the bundled photos")
     return photos
+
+
+@register_dataset_kind("photos")
+class PhotoDataset(ItemDataset):
+    """The real photos shipped inside scikit-image / scikit-learn (:func:`~hdm_lightning.data.demo_photos`).
+
+    Labels are ``-1``: the photos have no per-photo ImageNet class. The few bundled photos are decoded at
+    construction (the only way to learn which are installed; it takes milliseconds).
+
+    Args:
+        photos: photo names, e.g. ``["chelsea", "coffee", "rocket"]``, in the order to explain them.
+        preprocess: the classifier's preprocessing.
+
+    Raises:
+        DatasetError: an empty list, a repeated name, or a name that is not installed (the error lists
+            the available ones).
+    """
+
+    needs_root = False
+
+    def __init__(self, photos: Sequence[str], preprocess: Preprocess) -> None:
+        names = [str(p) for p in photos]
+        if not names:
+            raise DatasetError("data.photos is empty: list photo names, e.g. data.photos=[chelsea,coffee]")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise DatasetError(f"data.photos lists {repeated} more than once: list each photo once")
+        available = demo_photos()
+        unknown = [n for n in names if n not in available]
+        if unknown:
+            raise DatasetError(f"unknown demo photo(s) {unknown}. Available: {sorted(available)}")
+        self._photos = {n: available[n] for n in names}
+        self.preprocess = preprocess
+        self.ids = names
+        self.labels = [-1] * len(names)
+        self.class_names = None
+        self.root = None
+
+    @classmethod
+    def from_config(cls, cfg: Any, preprocess: Preprocess) -> PhotoDataset:  # noqa: D102
+        return cls(list(cfg.photos), preprocess)
+
+    def _load(self, i: int) -> Item:
+        name = self.ids[i]
+        return Item(id=name, image=self.preprocess(self._photos[name]), label=-1, path=f"demo:{name}")
+
+    def describe(self) -> str:  # noqa: D102
+        return f"shipped demo photos: {len(self)} ({', '.join(self.ids)})"

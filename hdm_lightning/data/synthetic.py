@@ -6,7 +6,7 @@ and one *key* object in red. The label is the key object's shape (:data:`SHAPE_C
 the image carries information about it: distractors draw their shape independently of the label, and all
 shapes of a given size have the same area, so neither the shapes around it nor the amount of red tells the
 class. A classifier that solves the task must look at the key object, so a correct saliency map puts its
-energy on :attr:`Item.mask <hdm_lightning.data.datasets.Item.mask>`.
+energy on :attr:`Item.mask <hdm_lightning.data.items.Item.mask>`.
 
 An image is a pure function of ``(index, size, seed, split)`` (:func:`generate_shapes`): any item can be
 made alone, in any order, by any process, and the train / val / test splits are disjoint streams.
@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hdm_lightning.data.datasets import DATASETS, DatasetError, Item, ItemDataset
 from hdm_lightning.data.images import ImageReadError, load_mask, load_rgb
+from hdm_lightning.data.items import DatasetError, Item, ItemDataset
+from hdm_lightning.data.kinds import register_dataset_kind
 from hdm_lightning.models.preprocess import Preprocess
 
 __all__ = [
@@ -276,7 +277,7 @@ def _write_png_atomic(image: Image.Image, path: Path) -> None:
         raise
 
 
-@DATASETS.register("synthetic")
+@register_dataset_kind("synthetic")
 class SyntheticShapesDataset(ItemDataset):
     """Generated shapes (:func:`generate_shapes`) with ground-truth masks: ``data.kind: synthetic``.
 

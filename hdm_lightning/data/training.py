@@ -20,8 +20,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from hdm_lightning.data.datasets import DatasetError, DatasetSubset, ItemDataset, build_dataset, select
 from hdm_lightning.data.images import ImageReadError
+from hdm_lightning.data.items import DatasetError, ItemDataset
+from hdm_lightning.data.kinds import build_dataset
+from hdm_lightning.data.selection import DatasetSubset, select
 from hdm_lightning.models.preprocess import Preprocess
 
 __all__ = ["ClassifierDataModule", "augmentation"]

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from hdm_lightning.models.classifiers import build_backbone, default_preprocess, load_torchvision_weights
+from hdm_lightning.models.backbones import build_backbone, default_preprocess
 from hdm_lightning.models.preprocess import Preprocess
+from hdm_lightning.models.torchvision_weights import load_torchvision_weights
 
 __all__ = ["ClassifierModule", "initial_backbone", "transfer_weights"]
 

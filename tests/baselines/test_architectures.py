@@ -21,7 +21,7 @@ from hdm_lightning.baselines import (
 from hdm_lightning.baselines.layers import module_path
 from hdm_lightning.contract import build_method
 from hdm_lightning.core import preserved
-from hdm_lightning.models.classifiers import build_backbone
+from hdm_lightning.models.backbones import build_backbone
 
 # (constructor, expected dotted path of the target layer, reshape kind). Built on the meta device: structure only,
 # no weights allocated, so even vit_b_16 / vgg11 take milliseconds.

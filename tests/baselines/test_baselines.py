@@ -14,7 +14,7 @@ from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 
 from hdm_lightning.contract import METHODS, build_method, method_params
-from hdm_lightning.models.classifiers import build_backbone
+from hdm_lightning.models.backbones import build_backbone
 from tests.toy_models import RegionNet, box_mask
 
 S = 32
