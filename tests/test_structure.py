@@ -35,7 +35,6 @@ DEBT: dict[str, set[str]] = {
         "hdm_lightning.config",
         "hdm_lightning.data.datasets",
         "hdm_lightning.explainers.fit",
-        "hdm_lightning.metrics.saliency",
         "hdm_lightning.models.classifiers",
     },
     "function_level_imports": {

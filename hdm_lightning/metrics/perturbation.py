@@ -1,6 +1,6 @@
 """Plain torch for the saliency metrics: pixel ranking, kept-pixel counts, canvases, chunked scoring.
 
-The metric classes in :mod:`hdm_lightning.metrics.saliency` are thin ``torchmetrics`` glue around these
+The metric classes of the map families (:mod:`hdm_lightning.metrics`) are thin ``torchmetrics`` glue around these
 functions, so the maths can be tested without a metric or a Trainer.
 
 Project decisions (SPEC "Evaluation" leaves them open; every metric follows them):
