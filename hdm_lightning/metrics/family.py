@@ -116,8 +116,9 @@ def _check_description(name: str, cls: type) -> None:
         )
     if name == "cost":
         raise ValueError("metric family name 'cost' is taken: tables/cost.* holds the methods' cost")
-    if cls.__dict__.get("family", name) != name:
-        raise ValueError(f"{cls.__name__} is already registered as metric family {cls.family!r}")
+    other_names = [n for n in METRICS.names() if n != name and METRICS.get(n) is cls]
+    if other_names:
+        raise ValueError(f"{cls.__name__} is already registered as metric family {other_names[0]!r}")
     heads = dict(cls.columns)
     if not heads or any(
         not isinstance(h, str) or not h or "/" in h or not isinstance(d, bool) for h, d in heads.items()
