@@ -7,8 +7,10 @@ tests reading the whole registry never see it.
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import math
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -164,6 +166,33 @@ def test_a_plugin_family_runs_in_a_comparison_with_its_params(centre, tmp_path):
         head = next(csv.reader(f))
     drop = [f"{k}/{q}" for k in ("drop", "increase") for q in (70, 80, 90)]
     assert head == [*MANIFEST_COLUMNS, *drop, "centre", "hot"]
+
+
+@pytest.fixture
+def docs_example(tmp_path, monkeypatch):
+    """docs/extending.md's example family, imported as a plugin module (what ``imports:`` does)."""
+    text = (REPO / "docs" / "extending.md").read_text().split("## A new metric")[1]
+    (tmp_path / "docs_metric.py").write_text(text.split("```python\n")[1].split("```")[0])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield importlib.import_module("docs_metric")
+    METRICS.unregister("centre")
+    sys.modules.pop("docs_metric", None)
+
+
+def test_the_docs_example_family_works(docs_example):
+    assert METRICS.get("centre") is docs_example.CentreShare
+    suite = MetricSuite(
+        None, ["centre"], SimpleNamespace(batch_size=4, params={"centre": {"fraction": 0.5}}), None, None
+    )
+    maps = torch.zeros(2, 1, 8, 8)
+    maps[0, :, 2:6, 2:6] = 1.0
+    maps[1, :, 0, :4] = 1.0
+    maps[1, :, 4, 4] = 1.0
+    assert suite.per_image(torch.zeros(2, 3, 8, 8), maps, torch.tensor([0, 1]), [None, None]) == [
+        {"centre": 1.0},
+        {"centre": 0.2},
+    ]
+    assert suite.plain.compute() == {"centre": 0.6}
 
 
 def test_registration_checks_the_description():
