@@ -297,7 +297,8 @@ class MethodEntry:
 class EvaluationConfig:
     """The papers' metrics (``hdm_lightning.metrics``) over every compared method's maps."""
 
-    # drop_increase | deletion_insertion | proportion | segmentation | stability (maps vs the method's own reruns)
+    # registered families: drop_increase | deletion_insertion | proportion | segmentation | stability (maps vs the
+    # method's own reruns) | a plugin's (imports:)
     metrics: list[str] = field(default_factory=list)
     batch_size: int = 64  # perturbed images per forward pass
     steps: int = 100  # deletion/insertion: 1 % of the pixels per step
@@ -311,6 +312,8 @@ class EvaluationConfig:
     stability_batch: bool = True  # stability: rerun each image in another batch (alone, or with 2 flipped copies)
     stability_threads: bool = False  # stability: rerun with torch.set_num_threads(1) (CPU runs on several threads)
     stability_top_k: list[float] = field(default_factory=lambda: [0.05, 0.2])  # stability: IoU of the top-k fractions
+    # per family, keyword arguments of its metric class over those the keys above give (a plugin family's settings)
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -6,9 +6,10 @@ its record. The tables are means over those records, so they are the same whethe
 in one piece, was resumed, or was spread over several processes (the per-image values of torchmetrics'
 sum/count states, averaged).
 
-The ``stability`` family reruns each method on the same images under conditions that should not change the
-map (input noise far below a grey level, another batch, one thread: :mod:`hdm_lightning.metrics.stability`)
-and scores the agreement of the maps (``tables/stability.*``, higher is better).
+The families are the registered ones (:data:`hdm_lightning.metrics.METRICS`); what a family's table holds
+(columns, their order and direction, the Markdown's columns) and its curves come from its class's description
+(:class:`~hdm_lightning.metrics.family.MetricFamily`). A family with ``requires_method`` (``stability``) reruns
+each method on the same images under conditions that should not change the map and scores the agreement.
 """
 
 from __future__ import annotations
@@ -21,92 +22,58 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 from torch import Tensor
+from torchmetrics import Metric
 
 from hdm_lightning.io import atomic_path, atomic_write_text
-from hdm_lightning.metrics import EVALUATION_FAMILIES, METRIC_FAMILIES, saliency_metrics
-from hdm_lightning.metrics.stability import (
-    MapStability,
-    check_noise,
-    check_top_k,
-    condition_names,
-    rerun_conditions,
-    sort_key,
-)
+from hdm_lightning.metrics import METRICS, build_family, saliency_metrics
+from hdm_lightning.metrics.family import column_key, curve_labels, family_of, higher_is_better
 
-__all__ = ["MetricSuite", "gallery", "write_curves", "write_tables"]
+__all__ = ["MetricSuite", "column_key", "gallery", "write_curves", "write_tables"]
 
-CURVES = ("deletion_curve", "insertion_curve")
-MD_PERCENTS = ("70", "80", "90", "95", "mean")  # segmentation columns shown in Markdown
-# Direction of each column: True = higher is better (for bold-facing the best method in Markdown).
-HIGHER_IS_BETTER = {
-    "drop": False,
-    "increase": True,
-    "deletion": False,
-    "insertion": True,
-    "proportion": True,
-    "dice": True,
-    "iou": True,
-    "ppv": True,
-    "sensitivity": True,
-    "seconds_per_image": False,
-    "forward_per_image": False,
-    "backward_per_image": False,
-    "stability": True,  # stability/<condition>/<column>: agreement with the method's own reruns
-}
+# The runner's cost columns (tables/cost.*): lower is better.
+COST_COLUMNS = ("seconds_per_image", "forward_per_image", "backward_per_image")
 
 
 class MetricSuite:
-    """The requested metric families, split into those that run on every image and those needing a mask.
+    """The requested metric families: those scoring every image, those needing a mask, those rerunning the method.
 
     Args:
         model: the classifier (model-based metrics score perturbed images with it).
-        families: names from :data:`hdm_lightning.metrics.EVALUATION_FAMILIES`.
-        evaluation: the run's ``evaluation`` config (batch size, steps, canvases, percents, ``stability_*``).
+        families: registered family names (:data:`hdm_lightning.metrics.METRICS`).
+        evaluation: the run's ``evaluation`` config: each family's ``from_evaluation(evaluation)``, with
+            ``evaluation.params.<family>`` over it, gives its keyword arguments; ``batch_size`` the model-based
+            families' perturbed images per forward.
         mean: the classifier's normalisation mean (for "black" = 0 in raw pixels).
         std: its std.
     """
 
     def __init__(self, model, families: Sequence[str], evaluation, mean, std) -> None:
-        unknown = [f for f in families if f not in EVALUATION_FAMILIES]
+        unknown = [f for f in families if f not in METRICS]
         if unknown:
-            raise ValueError(f"unknown metric families {unknown}: use any of {sorted(EVALUATION_FAMILIES)}")
-        params = {
-            "drop_increase": {"percents": tuple(evaluation.drop_percents), "baseline": evaluation.drop_baseline},
-            "deletion_insertion": {
-                "steps": int(evaluation.steps),
-                "insertion_canvas": evaluation.insertion_canvas,
-                "deletion_value": evaluation.deletion_value,
-            },
-            "segmentation": {"percents": tuple(evaluation.segmentation_percents)},
-        }
-        plain = [f for f in families if f in METRIC_FAMILIES and not METRIC_FAMILIES[f].requires_mask]
-        masked = [f for f in families if f in METRIC_FAMILIES and METRIC_FAMILIES[f].requires_mask]
+            raise ValueError(f"unknown metric families {unknown}: use any of {METRICS.names()}")
+        params = _family_params(families, evaluation)
+        classes = {f: METRICS.get(f) for f in families}
+        plain = [f for f in families if not classes[f].requires_method and not classes[f].requires_mask]
+        masked = [f for f in families if not classes[f].requires_method and classes[f].requires_mask]
+        batch_size = int(evaluation.batch_size)
 
         def build(names):
             if not names:
                 return None
-            kw = {n: params[n] for n in names if n in params}
-            return saliency_metrics(model, names, mean=mean, std=std, batch_size=int(evaluation.batch_size), params=kw)
+            kw = {n: params[n] for n in names}
+            return saliency_metrics(model, names, mean=mean, std=std, batch_size=batch_size, params=kw)
 
         self.families = list(families)
         self.plain, self.masked = build(plain), build(masked)
-        self.stability: MapStability | None = None
-        if "stability" in families:
-            self.stability_settings = {
-                "noise": check_noise(list(evaluation.stability_noise), "evaluation.stability_noise"),
-                "batch": bool(evaluation.stability_batch),
-                "threads": bool(evaluation.stability_threads),
-            }
-            top_k = check_top_k(list(evaluation.stability_top_k), "evaluation.stability_top_k")
-            conditions = condition_names(**self.stability_settings)
-            if not conditions:
-                raise ValueError(
-                    "metric family 'stability' has no condition: give evaluation.stability_noise levels, or set "
-                    "evaluation.stability_batch or evaluation.stability_threads to true"
-                )
-            self.stability = MapStability(conditions, top_k)
+        #: the families that rerun the method (``update_from_method``), by name
+        self.reruns: dict[str, Metric] = {
+            f: build_family(f, model, mean, std, batch_size, **params[f])
+            for f in families
+            if classes[f].requires_method
+        }
 
     @property
     def forward_passes(self) -> int:
@@ -127,9 +94,9 @@ class MetricSuite:
         """Every metric value of every image (``NaN`` where an image has no mask), curves as lists.
 
         ``method`` (the :class:`~hdm_lightning.contract.SaliencyMethod` that made ``maps``) and ``ids`` (the
-        images' ids, which seed the noise) are needed by ``stability``, which calls the method again on the same
-        images and targets (:func:`~hdm_lightning.metrics.stability.rerun_conditions`: without the run's
-        checkpoints or logger).
+        images' ids, which seed the noise) are needed by the families that rerun the method (``stability`` calls it
+        again on the same images and targets, :func:`~hdm_lightning.metrics.stability.rerun_conditions`: without
+        the run's checkpoints or logger).
         """
         b = images.shape[0]
         out: list[dict] = [{} for _ in range(b)]
@@ -152,15 +119,29 @@ class MetricSuite:
                 mask = torch.stack([masks[i] for i in rows]).to(images.device)
                 self.masked.update(images[rows], maps[rows], target[rows], mask=mask)
                 collect(self.masked, rows)
-        if self.stability is not None:
+        for name, metric in self.reruns.items():
             if method is None or ids is None:
-                raise ValueError("metric family 'stability' reruns the method: pass per_image(..., method=, ids=)")
-            others = rerun_conditions(method, images, target, list(ids), **self.stability_settings)
-            self.stability.reset()
-            for condition, other in others.items():
-                self.stability.update(maps, other.to(maps.device), condition)
-            collect({"stability": self.stability}, list(range(b)))
+                raise ValueError(f"metric family {name!r} reruns the method: pass per_image(..., method=, ids=)")
+            metric.reset()
+            metric.update_from_method(method, images, maps, target, list(ids))
+            collect({name: metric}, list(range(b)))
         return out
+
+
+def _plain(value):
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def _family_params(families: Sequence[str], evaluation) -> dict[str, dict]:
+    """Each family's keyword arguments: ``from_evaluation(evaluation)``, then ``evaluation.params.<family>``."""
+    extra = _plain(getattr(evaluation, "params", None)) or {}
+    stray = sorted(k for k in extra if k not in METRICS)
+    if stray:
+        raise ValueError(f"evaluation.params names unknown metric families {stray}: use any of {METRICS.names()}")
+    bad = sorted(k for k, v in extra.items() if not isinstance(v, dict))
+    if bad:
+        raise ValueError(f"evaluation.params.<family> must be keyword arguments (a mapping), got {bad}")
+    return {f: {**METRICS.get(f).from_evaluation(evaluation), **extra.get(f, {})} for f in families}
 
 
 def _num(v: float) -> float | None:
@@ -172,38 +153,15 @@ def _mean(values: list) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
-ORDER = ("drop", "increase", "deletion", "insertion", "proportion", "dice", "iou", "ppv", "sensitivity", "stability")
-
-
-def column_key(key: str) -> tuple:
-    """Sort key of a metric column: kind in the papers' order, then percent (``mean`` last).
-
-    ``stability/<condition>/<column>``: noise by level, ``batch``, ``threads``; ``pearson``, ``spearman``,
-    ``iou`` by fraction.
-    """
-    head, _, tail = key.partition("/")
-    if head == "stability":
-        return (ORDER.index(head), *sort_key(tail))
-    return (ORDER.index(head) if head in ORDER else len(ORDER), int(tail) if tail.isdigit() else 1000, tail)
-
-
 def _columns(records: dict[str, list[dict]], family: str) -> list[str]:
-    """The family's columns in a fixed order (kind, then percent), whatever order the records hold them in."""
+    """The family's columns in a fixed order (:func:`column_key`), whatever order the records hold them in."""
     keys = {k for recs in records.values() for r in recs for k in r.get("metrics", {})}
-    return sorted((k for k in keys if k not in CURVES and _family_of(k) == family), key=column_key)
+    return sorted((k for k in keys if getattr(family_of(k), "family", None) == family), key=column_key)
 
 
-def _family_of(key: str) -> str:
-    head = key.split("/")[0]
-    if head in ("drop", "increase"):
-        return "drop_increase"
-    if head in ("deletion", "insertion"):
-        return "deletion_insertion"
-    if head in ("dice", "iou", "ppv", "sensitivity"):
-        return "segmentation"
-    if head == "stability":
-        return "stability"
-    return "proportion" if head == "proportion" else "other"
+def _higher_is_better(column: str) -> bool | None:
+    """A column's direction: its family's, lower for the cost columns, ``None`` (no bold) for others."""
+    return False if column in COST_COLUMNS else higher_is_better(column)
 
 
 def _fmt(v: float) -> str:
@@ -220,10 +178,10 @@ def _table(rows: dict[str, dict[str, float]], columns: list[str], counts: dict[s
     best = {}
     for c in columns:
         vals = [v[c] for v in rows.values() if not math.isnan(v[c])]
-        higher = HIGHER_IS_BETTER.get(c.split("/")[0])
+        higher = _higher_is_better(c)
         if vals and higher is not None and len(rows) > 1:
             best[c] = max(vals) if higher else min(vals)
-    arrow = {c: ("↑" if HIGHER_IS_BETTER.get(c.split("/")[0]) else "↓") for c in columns}
+    arrow = {c: ("↑" if _higher_is_better(c) else "↓") for c in columns}
     md = ["| method | images | " + " | ".join(f"{c} {arrow[c]}" for c in columns) + " |"]
     md.append("| --- | ---: | " + " | ".join("---:" for _ in columns) + " |")
     for m, vals in rows.items():
@@ -248,7 +206,7 @@ def write_tables(folder: Path, records: dict[str, list[dict]], families: Sequenc
     out = {}
     for family in [*families, "cost"]:
         if family == "cost":
-            columns = ["seconds_per_image", "forward_per_image", "backward_per_image"]
+            columns = list(COST_COLUMNS)
             rows = {m: {c: _mean([r.get(c) for r in recs]) for c in columns} for m, recs in ok.items()}
         else:
             columns = _columns(ok, family)
@@ -258,8 +216,9 @@ def write_tables(folder: Path, records: dict[str, list[dict]], families: Sequenc
         if not columns:
             continue
         text, _ = _table(rows, columns, counts)
-        # Markdown stays readable: Dice & co. at a few percentiles and their mean (the CSV keeps all of them).
-        shown = [c for c in columns if family != "segmentation" or c.split("/")[-1] in MD_PERCENTS]
+        # Markdown stays readable: a family may show only some of its columns (the CSV keeps all of them).
+        cls = METRICS.get(family) if family in METRICS else None
+        shown = [c for c in columns if cls is None or cls.in_markdown(c)]
         _, md = _table(rows, shown, counts)
         atomic_write_text(text, folder / "tables" / f"{family}.csv")
         atomic_write_text(md, folder / "tables" / f"{family}.md")
@@ -270,7 +229,7 @@ def write_tables(folder: Path, records: dict[str, list[dict]], families: Sequenc
 def mean_curves(records: dict[str, list[dict]]) -> dict[str, dict[str, list[float]]]:
     """``{curve: {method: mean curve}}`` over the records that hold the curve."""
     curves: dict[str, dict[str, list[float]]] = {}
-    for name in CURVES:
+    for name in curve_labels():
         for m, recs in records.items():
             rows = [r["metrics"][name] for r in recs if r.get("status") == "ok" and name in r.get("metrics", {})]
             if rows:
@@ -279,14 +238,20 @@ def mean_curves(records: dict[str, list[dict]]) -> dict[str, dict[str, list[floa
 
 
 def write_curves(folder: Path, records: dict[str, list[dict]]) -> list[Path]:
-    """Mean deletion and insertion curves per method (HDM paper Fig. 6): ``curves/*.png`` and ``curves/*.csv``."""
+    """Mean curves per method (deletion and insertion: HDM paper Fig. 6): ``curves/<kind>.png`` and ``.csv``.
+
+    The curves are the families' ``curves`` (``<kind>_curve``): the probability of the explained class at
+    evenly spaced fractions from 0 to 1.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written = []
+    labels = curve_labels()
     for name, per_method in mean_curves(records).items():
+        kind = name.removesuffix("_curve")
         steps = len(next(iter(per_method.values()))) - 1
         xs = [i / steps for i in range(steps + 1)]
         buf = io.StringIO()
@@ -294,13 +259,12 @@ def write_curves(folder: Path, records: dict[str, list[dict]]) -> list[Path]:
         w.writerow(["fraction", *per_method])
         for i, x in enumerate(xs):
             w.writerow([f"{x:.4f}", *[f"{c[i]:.6f}" for c in per_method.values()]])
-        atomic_write_text(buf.getvalue(), folder / "curves" / f"{name.split('_')[0]}.csv")
+        atomic_write_text(buf.getvalue(), folder / "curves" / f"{kind}.csv")
         fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
         for m, c in per_method.items():
             auc = sum((c[i] + c[i + 1]) / 2 for i in range(steps)) / steps
             ax.plot(xs, c, label=f"{m} ({auc:.3f})")
-        kind = name.split("_")[0]
-        ax.set_xlabel(f"fraction of pixels {'removed' if kind == 'deletion' else 'inserted'}")
+        ax.set_xlabel(labels[name])
         ax.set_ylabel("probability of the explained class")
         ax.set_title(f"{kind} (AUC)")
         ax.legend(fontsize=7)

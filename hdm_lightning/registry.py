@@ -38,6 +38,12 @@ class Registry(Generic[T]):
         except KeyError:
             raise KeyError(f"Unknown {self.kind} {name!r}. Available: {self.names()}") from None
 
+    def unregister(self, name: str) -> T:
+        """Remove ``name`` and return its object (a test's or a plugin's cleanup); unknown names fail like ``get``."""
+        obj = self.get(name)
+        del self._items[name]
+        return obj
+
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self._items)

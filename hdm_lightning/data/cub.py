@@ -18,7 +18,7 @@ from hdm_lightning.models.preprocess import Preprocess
 
 __all__ = ["CUB_FILES", "CUB_SEGMENTATION_THRESHOLD", "CUB_SPLITS", "CUBDataset", "box_mask"]
 
-# The official CUB-200-2011 metadata files (https://www.vision.caltech.edu/datasets/cub_200_2011/).
+# The official CUB-200-2011 metadata files (the Caltech-UCSD Birds-200-2011 release).
 CUB_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt", "classes.txt")
 CUB_LAYOUT = "expected the official CUB-200-2011 layout: images/, " + ", ".join(CUB_FILES)
 CUB_SPLITS = ("test", "train", "all")

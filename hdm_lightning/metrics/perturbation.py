@@ -1,9 +1,9 @@
 """Plain torch for the saliency metrics: pixel ranking, kept-pixel counts, canvases, chunked scoring.
 
-The metric classes in :mod:`hdm_lightning.metrics.saliency` are thin ``torchmetrics`` glue around these
+The metric classes of the map families (:mod:`hdm_lightning.metrics`) are thin ``torchmetrics`` glue around these
 functions, so the maths can be tested without a metric or a Trainer.
 
-Project decisions (SPEC "Evaluation" leaves them open; every metric follows them):
+Project decisions (the papers leave them open; docs/methods.md; every metric follows them):
 
 - **Pixel ranking.** Pixels are ordered by saliency, descending, ties broken by raster index (a stable sort
   of ``-saliency``). A constant map therefore has a defined order (raster order) and two maps that differ by a
@@ -228,8 +228,8 @@ def check_inputs(
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """Run ``model`` in eval mode without gradients, then restore every submodule's own train/eval flag.
 
-    Eval mode because BatchNorm in train mode would couple the perturbed copies of a batch (SPEC
-    "Independence"); restoring per submodule because ``model.train(flag)`` would overwrite a caller's mixed setting.
+    Eval mode because BatchNorm in train mode would couple the perturbed copies of a batch (each image must be
+    scored alone); restoring per submodule because ``model.train(flag)`` would overwrite a caller's mixed setting.
     """
     flags = [(m, m.training) for m in model.modules()]
     model.eval()

@@ -6,12 +6,14 @@ grey level, another batch, another thread or process count. Identical maps score
 with no relation score about 0 (correlations) and about ``k / (2 - k)`` (the IoU of two random top-``k``
 sets, e.g. 0.026 for ``iou5`` and 0.11 for ``iou20``).
 
-- Agreement of two batches of maps: :func:`pearson`, :func:`spearman` (tie-averaged ranks), :func:`top_k_iou`,
-  all of them at once with :func:`map_agreement` (columns ``pearson``, ``spearman``, ``iou5``, ``iou20``).
+- Agreement of two batches of maps (:mod:`hdm_lightning.metrics.agreement`, re-exported here): :func:`pearson`,
+  :func:`spearman` (tie-averaged ranks), :func:`top_k_iou`, all of them at once with :func:`map_agreement`
+  (columns ``pearson``, ``spearman``, ``iou5``, ``iou20``).
 - :func:`rerun_conditions`: the same method's maps of the same images and targets under each condition
   (``noise<eps>``, ``batch``, ``threads``), computed without touching the run's checkpoints, logger or cost.
 - :class:`MapStability`: a ``torchmetrics.Metric`` accumulating the agreement per condition; ``compute()``
   returns ``stability/<condition>/<column>`` (e.g. ``stability/noise1e-06/pearson``, ``stability/batch/iou20``).
+  It is the metric family ``stability``, the one that reruns the method (``requires_method``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+
+from hdm_lightning.metrics.agreement import agreement_keys, map_agreement, pearson, rank, spearman, top_k_iou
+from hdm_lightning.metrics.family import MetricFamily, register_metric
 
 __all__ = [
     "MapStability",
@@ -42,108 +47,6 @@ __all__ = [
     "spearman",
     "top_k_iou",
 ]
-
-
-def _flat(maps: Tensor) -> Tensor:
-    """``[B, ...]`` -> ``[B, N]`` in float64 (a 2-D map ``[H, W]`` counts as one image)."""
-    if maps.dim() == 2:
-        maps = maps.unsqueeze(0)
-    return maps.detach().reshape(maps.shape[0], -1).double()
-
-
-def _same_shape(a: Tensor, b: Tensor) -> None:
-    if tuple(a.shape) != tuple(b.shape):
-        raise ValueError(
-            f"maps to compare must have the same shape ([B, 1, H, W], [B, H, W] or [H, W]), got {tuple(a.shape)} "
-            f"and {tuple(b.shape)}"
-        )
-
-
-def pearson(a: Tensor, b: Tensor) -> Tensor:
-    """Pearson correlation per image of two batches of maps, ``[B]``.
-
-    Two constant maps that are equal correlate 1; a constant map against a varying one correlates 0.
-    """
-    _same_shape(a, b)
-    return _pearson_rows(_flat(a), _flat(b))
-
-
-def _pearson_rows(x: Tensor, y: Tensor) -> Tensor:
-    """Pearson correlation of each row of two float64 ``[B, N]`` arrays."""
-    xc = x - x.mean(1, keepdim=True)
-    yc = y - y.mean(1, keepdim=True)
-    sx, sy = xc.norm(dim=1), yc.norm(dim=1)
-    r = (xc * yc).sum(1) / (sx * sy).clamp_min(torch.finfo(torch.float64).tiny)
-    both_flat = (sx == 0) & (sy == 0)
-    same = (x == y).all(1)
-    r = torch.where(both_flat, same.double(), r)
-    return r.clamp(-1.0, 1.0)
-
-
-def rank(x: Tensor) -> Tensor:
-    """Ranks ``0..N-1`` along the last dim, ties sharing their average rank (as Spearman's rho needs)."""
-    flat = x.reshape(-1, x.shape[-1])
-    out = torch.empty_like(flat, dtype=torch.float64)
-    for i, row in enumerate(flat):
-        values, inverse, counts = torch.unique(row, sorted=True, return_inverse=True, return_counts=True)
-        first = torch.cumsum(counts, 0) - counts  # rank of each distinct value's first occurrence
-        out[i] = (first.double() + (counts.double() - 1) / 2)[inverse]
-    return out.reshape(x.shape)
-
-
-def spearman(a: Tensor, b: Tensor) -> Tensor:
-    """Spearman rank correlation per image (Pearson of the tie-averaged ranks), ``[B]``."""
-    _same_shape(a, b)
-    return _pearson_rows(rank(_flat(a)), rank(_flat(b)))
-
-
-def top_k_mask(maps: Tensor, fraction: float) -> Tensor:
-    """The top ``fraction`` of each map's pixels, ``[B, N]`` booleans.
-
-    Pixels tied with the cut-off value are kept (the set does not depend on the order of equal pixels), except
-    when the cut-off is the map's minimum: a flat bottom (e.g. zeros outside a thresholded map) is never "top".
-    """
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"top-k fraction must be in (0, 1], got {fraction!r}")
-    x = _flat(maps)
-    n = x.shape[1]
-    k = max(1, round(fraction * n))
-    cut = x.topk(k, dim=1).values[:, -1:]
-    lo = x.min(1, keepdim=True).values
-    return torch.where(cut > lo, x >= cut, x > lo)
-
-
-def top_k_iou(a: Tensor, b: Tensor, fraction: float) -> Tensor:
-    """IoU of the two maps' top-``fraction`` pixel sets per image, ``[B]`` (two empty sets: 1)."""
-    _same_shape(a, b)
-    ma, mb = top_k_mask(a, fraction), top_k_mask(b, fraction)
-    inter = (ma & mb).sum(1).double()
-    union = (ma | mb).sum(1).double()
-    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
-
-
-def _percent(fraction: float) -> str:
-    p = fraction * 100
-    return f"{p:g}"
-
-
-def agreement_keys(top_k: Sequence[float] = (0.05, 0.2)) -> list[str]:
-    """Column names of :func:`map_agreement`: ``pearson``, ``spearman``, ``iou<k %>`` per fraction."""
-    return ["pearson", "spearman", *[f"iou{_percent(k)}" for k in top_k]]
-
-
-def map_agreement(a: Tensor, b: Tensor, top_k: Sequence[float] = (0.05, 0.2)) -> dict[str, Tensor]:
-    """Every agreement score of two batches of maps of the same images, ``{column: [B]}``.
-
-    Args:
-        a: maps ``[B, 1, H, W]`` (or ``[B, H, W]``, or one ``[H, W]``).
-        b: maps of the same images under another condition, same shape.
-        top_k: fractions of pixels for the top-k IoU columns (0.05 and 0.2: ``iou5``, ``iou20``).
-    """
-    out = {"pearson": pearson(a, b), "spearman": spearman(a, b)}
-    for k in top_k:
-        out[f"iou{_percent(k)}"] = top_k_iou(a, b, k)
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -296,7 +199,8 @@ def rerun_conditions(
 # ------------------------------------------------------------------------------------------------ the metric
 
 
-class MapStability(Metric):
+@register_metric("stability")
+class MapStability(MetricFamily, Metric):
     """Agreement of the run's maps with the same method's maps under named conditions (higher is better).
 
     ``update(reference_maps, other_maps, condition)`` adds the per-image :func:`map_agreement` of two batches of
@@ -310,24 +214,52 @@ class MapStability(Metric):
     no keys. ``last`` holds the per-image values ``[B]`` under the same keys for every condition updated since the
     last ``reset()`` (one batch: reset, then one update per condition).
 
+    :meth:`update_from_method` reruns the method under the conditions (:func:`rerun_conditions` with ``reruns``)
+    and updates with each; :class:`~hdm_lightning.evaluation.MetricSuite` calls it on every batch.
+
     Args:
         conditions: the condition names ``update`` accepts (letters, digits, ``. + - _``; no ``/``).
         top_k: fractions of the pixels for the top-k IoU columns (``iou5``, ``iou20``).
+        reruns: ``noise``, ``batch`` and ``threads`` of :func:`rerun_conditions` for :meth:`update_from_method`
+            (their conditions must be among ``conditions``); ``None``: only :meth:`update`.
         **kwargs: passed to ``torchmetrics.Metric``.
     """
 
     is_differentiable: ClassVar[bool] = False
     higher_is_better: ClassVar[bool] = True
     full_state_update: ClassVar[bool] = False
-    requires_mask: ClassVar[bool] = False
-    requires_model: ClassVar[bool] = False
-    #: ``update`` compares maps of the method's reruns (:func:`rerun_conditions`), not an image and its map
+    columns: ClassVar[dict[str, bool]] = {"stability": True}  # stability/<condition>/<column>: agreement
+    order: ClassVar[int] = 50
+    #: the maps to compare come from the method's reruns (:meth:`update_from_method`), not from an image and its map
     requires_method: ClassVar[bool] = True
+
+    @classmethod
+    def from_evaluation(cls, evaluation: Any) -> dict[str, Any]:
+        """``evaluation.stability_*``: the conditions (at least one) and the top-k fractions."""
+        reruns = {
+            "noise": check_noise(list(evaluation.stability_noise), "evaluation.stability_noise"),
+            "batch": bool(evaluation.stability_batch),
+            "threads": bool(evaluation.stability_threads),
+        }
+        top_k = check_top_k(list(evaluation.stability_top_k), "evaluation.stability_top_k")
+        conditions = condition_names(**reruns)
+        if not conditions:
+            raise ValueError(
+                "metric family 'stability' has no condition: give evaluation.stability_noise levels, or set "
+                "evaluation.stability_batch or evaluation.stability_threads to true"
+            )
+        return {"conditions": conditions, "top_k": top_k, "reruns": reruns}
+
+    @classmethod
+    def tail_key(cls, tail: str) -> tuple:
+        """Conditions (noise by level, ``batch``, ``threads``), then columns: :func:`sort_key`."""
+        return sort_key(tail)
 
     def __init__(
         self,
         conditions: Sequence[str] = ("noise1e-06", "noise0.001", "batch"),
         top_k: Sequence[float] = (0.05, 0.2),
+        reruns: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -344,6 +276,22 @@ class MapStability(Metric):
         self.add_state("agreement_sum", default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
         self.last: dict[str, Tensor] = {}
+        self.reruns = None if reruns is None else dict(reruns)
+        if self.reruns is not None:
+            missing = [c for c in condition_names(**self.reruns) if c not in self.conditions]
+            if missing:
+                raise ValueError(f"reruns {self.reruns} make conditions {missing} that are not in {self.conditions}")
+
+    def update_from_method(self, method: Any, images: Tensor, saliency: Tensor, target: Tensor, ids: Sequence) -> None:
+        """Rerun ``method`` on ``images`` for ``target`` under each condition and add the agreement with ``saliency``.
+
+        ``ids`` (one per image) seed the noise (:func:`rerun_conditions`, settings ``reruns``).
+        """
+        if self.reruns is None:
+            raise ValueError("MapStability was built without reruns settings: pass reruns=, or call update()")
+        others = rerun_conditions(method, images, target, list(ids), **self.reruns)
+        for condition, other in others.items():
+            self.update(saliency, other.to(saliency.device), condition)
 
     def update(self, reference_maps: Tensor, other_maps: Tensor, condition: str) -> None:
         """Add the agreement of the run's maps with the maps under ``condition`` (same images, same order)."""

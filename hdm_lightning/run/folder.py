@@ -64,10 +64,12 @@ def output_names(ids: list[str]) -> dict[str, str]:
 
 
 def _flat(cfg: dict, prefix: str = "") -> dict[str, object]:
+    # An empty mapping is left out, like an unset key: a mapping key added to the schema with default {} (e.g.
+    # evaluation.params) must not stop the resumption of a run whose config.yaml predates it.
     out = {}
     for k, v in cfg.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
+        if isinstance(v, dict):
             out.update(_flat(v, key + "."))
         else:
             out[key] = v

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import re
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ from torch import Tensor
 from hdm_lightning.evaluation import column_key, gallery, write_curves, write_tables
 from hdm_lightning.explainers.result import Explanation
 from hdm_lightning.io import atomic_torch_save, atomic_write_json, atomic_write_text, load_tensors
+from hdm_lightning.metrics.family import in_manifest
 from hdm_lightning.run.batch import MethodBatch
 from hdm_lightning.run.folder import read_records
 from hdm_lightning.run.plan import MethodRun
@@ -70,17 +70,11 @@ def write_manifest(folder: Path, records: dict[str, dict] | None = None, order: 
     records = read_records(folder) if records is None else records
     rank = {i: n for n, i in enumerate(order or [])}
     rows = sorted(records.values(), key=lambda r: (rank.get(r["id"], math.inf), r["id"]))
-    # Per-image metric values: the summary keys (not the curves, nor Dice & co. at every single percentile).
-    metric_keys: list[str] = []
-    for r in rows:
-        for k, v in r.get("metrics", {}).items():
-            if k not in metric_keys and not isinstance(v, list) and not re.fullmatch(r"(\w+/\d+|probability.*)", k):
-                metric_keys.append(k)
-    for r in rows:
-        for k in r.get("metrics", {}):
-            if k not in metric_keys and re.fullmatch(r"(drop|increase)/\d+", k):
-                metric_keys.append(k)
-    columns = [*MANIFEST_COLUMNS, *sorted(metric_keys, key=column_key)]  # one order, fresh or resumed
+    # Per-image metric values: the columns each family lists there (not the curves, nor Dice & co. at every
+    # single percentile: MetricFamily.in_manifest).
+    values = {k for r in rows for k, v in r.get("metrics", {}).items() if not isinstance(v, list)}
+    metric_keys = sorted(filter(in_manifest, values), key=column_key)  # one order, fresh or resumed
+    columns = [*MANIFEST_COLUMNS, *metric_keys]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

@@ -1,0 +1,20 @@
+"""The run-folder check: a config key added to the schema later does not stop an older run from resuming."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from hdm_lightning.config import ConfigError, ExplainRunConfig
+from hdm_lightning.run.folder import check_run_folder
+
+
+def test_a_run_saved_before_a_mapping_key_existed_resumes(tmp_path):
+    cfg = OmegaConf.structured(ExplainRunConfig)
+    saved = OmegaConf.to_container(cfg)
+    del saved["evaluation"]["params"]  # config.yaml of a run made before evaluation.params (default {})
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(saved)))
+    check_run_folder(tmp_path, cfg)
+    cfg.evaluation.params = {"my_family": {"fraction": 0.25}}
+    with pytest.raises(ConfigError, match=r"evaluation.params.my_family.fraction: '<unset>' -> 0.25"):
+        check_run_folder(tmp_path, cfg)
