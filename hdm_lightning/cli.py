@@ -11,10 +11,11 @@ import sys
 
 from lightning.pytorch.utilities import rank_zero_only
 
-from hdm_lightning.config import ConfigError, load_run_config, load_train_config
+from hdm_lightning.config import ConfigError, load_run_config
 from hdm_lightning.distributed import launch
 from hdm_lightning.runner import run_explain
 from hdm_lightning.train import run_training
+from hdm_lightning.train_config import load_train_config
 
 __all__ = ["explain_main", "train_classifier_main"]
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from hdm_lightning import config as C
+from hdm_lightning.train_config import TrainClassifierConfig
 
 __all__ = ["BEGIN", "DOC", "END", "UndocumentedKeyError", "document", "keys", "reference", "update_reference"]
 
@@ -113,7 +114,7 @@ def keys(schema: type, prefix: str = "", instance=None) -> list[tuple[str, objec
     Raises:
         UndocumentedKeyError: a leaf without a meaning (a comment next to the field, or ``help`` metadata).
     """
-    hints = typing.get_type_hints(schema, vars(C))
+    hints = typing.get_type_hints(schema, vars(sys.modules[schema.__module__]))
     out = []
     for f in dataclasses.fields(schema):
         key = f"{prefix}{f.name}"
@@ -189,7 +190,7 @@ def reference() -> str:
         "**`train_classifier.py`** (`TrainClassifierConfig`; `data.*`, `output.*` and `wandb.*` as above, "
         "with `data.kind: cub` and `output.dir: outputs/classifier`):",
         "",
-        _table(document(C.TrainClassifierConfig, skip=("data", "output", "wandb"))),
+        _table(document(TrainClassifierConfig, skip=("data", "output", "wandb"))),
     ]
     return "\n".join(parts) + "\n"
 

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from hdm_lightning.config import register_method_config
 from hdm_lightning.core import PassCounter, as_targets, check_images, model_device_dtype, preserved
 from hdm_lightning.masks.ops import normalize
+from hdm_lightning.method_config import register_method_config
 from hdm_lightning.registry import Registry
 
 if TYPE_CHECKING:

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from hdm_lightning import config as C
 from hdm_lightning.config_reference import BEGIN, DOC, END, UndocumentedKeyError, keys, reference, update_reference
+from hdm_lightning.train_config import TrainClassifierConfig
 
 DOC_FILE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
@@ -31,7 +32,7 @@ def test_docs_hold_the_current_reference():
     )
 
 
-@pytest.mark.parametrize("schema", [C.ExplainRunConfig, C.TrainClassifierConfig, *C.METHOD_CONFIGS.values()])
+@pytest.mark.parametrize("schema", [C.ExplainRunConfig, TrainClassifierConfig, *C.METHOD_CONFIGS.values()])
 def test_every_schema_key_is_documented_with_its_default(schema):
     documented = {k: d for k, d, _ in keys(schema)}
     cfg = OmegaConf.structured(schema)

@@ -1,0 +1,110 @@
+"""The config of ``train_classifier.py`` (OmegaConf dataclasses) and its loading."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from hdm_lightning.config import (
+    WANDB_MODES,
+    ConfigError,
+    DataConfig,
+    OutputConfig,
+    PreprocessConfig,
+    WandbConfig,
+    _choice,
+    _load_layers,
+    run_imports,
+)
+
+__all__ = ["InitConfig", "OptimConfig", "TrainClassifierConfig", "TrainerRunConfig", "load_train_config"]
+
+
+@dataclass
+class InitConfig:
+    """Where the backbone's starting weights come from (``train_classifier.py``)."""
+
+    kind: str = "imagenet"  # imagenet (torchvision weights from the hub cache) | file | random
+    weights: str = "DEFAULT"  # kind imagenet: the torchvision weight enum, e.g. ResNet50_Weights.IMAGENET1K_V2
+    file: str | None = None  # kind file: a state dict (torch.save) of the same backbone; the head may differ
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedule: cosine decay over the epochs after a linear warm-up."""
+
+    name: str = "sgd"  # sgd (momentum 0.9, nesterov) | adamw
+    lr: float = 0.01  # peak learning rate
+    weight_decay: float = 1e-4  # decoupled (adamw) or L2 (sgd) weight decay
+    warmup_epochs: int = 0  # linear warm-up epochs before the cosine decay
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+
+
+@dataclass
+class TrainerRunConfig:
+    """The Lightning Trainer of a training run."""
+
+    accelerator: str = "auto"  # auto | cpu | gpu
+    devices: int = 1  # devices (processes) per node; > 1 trains with DDP
+    num_nodes: int = 1  # nodes (torchrun --nnodes, SLURM --nodes)
+    precision: str = "auto"  # auto: 16-mixed on GPUs, 32-true on CPUs; or any Lightning precision
+    max_epochs: int = 30  # training epochs
+    early_stopping_patience: int | None = None  # epochs without a better val/acc1; null: no early stop
+    limit_train_batches: float | None = None  # share or number of training batches per epoch (smoke tests)
+    limit_val_batches: float | None = None  # share or number of validation batches per epoch
+    log_every_n_steps: int = 20  # logging interval in steps
+
+
+@dataclass
+class TrainClassifierConfig:
+    """``python train_classifier.py --config <yaml> [key=value ...]``: fine-tune the classifier to explain."""
+
+    imports: list[str] = field(default_factory=list)  # modules imported first (user backbones); runs their code
+    backbone: str = "resnet50"  # torchvision name, timm/<name>, or small_cnn
+    init: InitConfig = field(default_factory=InitConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)  # overrides of the backbone's own
+    augment: str = "standard"  # standard (random resized crop + flip) | flip | none
+    train_split: str = "train"  # data.split used for training
+    val_split: str = "test"  # ... and for validation (CUB has train/test; synthetic train/val/test)
+    val_fraction: float = 0.1  # image folders without train/ and val/ sub-folders: share held out
+    val_limit: int | None = None  # validate on the first N images of the validation split only
+    batch_size: int = 32  # images per step (per process under DDP)
+    num_workers: int = 0  # DataLoader worker processes
+    seed: int = 0  # seed of weights init, split and shuffling
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerRunConfig = field(default_factory=TrainerRunConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(kind="cub"))
+    output: OutputConfig = field(default_factory=lambda: OutputConfig(dir="outputs/classifier"))
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+INIT_KINDS = ("imagenet", "file", "random")
+AUGMENTS = ("standard", "flip", "none")
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> DictConfig:
+    """Load a ``train_classifier.py`` config (schema <- YAML <- overrides), run its imports, check its values.
+
+    Raises:
+        ConfigError: missing or unparsable file, unknown key, wrong type, malformed override, bad value.
+    """
+    cfg = _load_layers(TrainClassifierConfig, path, overrides)
+    run_imports(list(cfg.imports))
+    _choice(cfg.init.kind, INIT_KINDS, "init.kind")
+    _choice(cfg.augment, AUGMENTS, "augment")
+    _choice(cfg.optim.name, OPTIMIZERS, "optim.name")
+    _choice(cfg.wandb.mode, WANDB_MODES, "wandb.mode")
+    if cfg.init.kind == "file" and not cfg.init.file:
+        raise ConfigError("init.kind=file needs init.file=<state dict saved with torch.save(model.state_dict())>")
+    if cfg.batch_size < 1 or cfg.trainer.max_epochs < 1:
+        raise ConfigError(
+            f"batch_size and trainer.max_epochs must be >= 1, got {cfg.batch_size}, {cfg.trainer.max_epochs}"
+        )
+    if not 0.0 < cfg.val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in (0, 1), got {cfg.val_fraction!r}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr!r}")
+    return cfg
