@@ -50,7 +50,7 @@ def _number(tail: str) -> float | None:
 
 
 class MetricFamily:
-    """What the evaluation needs to know about a metric family: plain class attributes and three classmethods.
+    """What the evaluation needs to know about a metric family: plain class attributes and four classmethods.
 
     Attributes:
         family: the name it is registered under (set by :func:`register_metric`).
@@ -66,7 +66,8 @@ class MetricFamily:
         requires_mask: ``update`` needs the ground-truth mask (scored on the images that have one).
         requires_model: the constructor takes the classifier first and ``mean``, ``std``, ``batch_size``.
         requires_method: the metric reruns the saliency method: it has ``update_from_method(method, images,
-            saliency, target, ids)`` instead of the shared ``update(images, saliency, target, mask=None)``.
+            saliency, target, ids)`` (no mask) instead of the shared ``update(images, saliency, target, mask=None)``;
+            :class:`~hdm_lightning.evaluation.MetricSuite` resets it before each batch.
     """
 
     family: ClassVar[str] = ""
@@ -127,6 +128,8 @@ def _check_description(name: str, cls: type) -> None:
             f"metric family {name!r}: columns must map column heads (non-empty, no '/') to True (higher is better) "
             f"or False, got {heads!r}"
         )
+    if cls.requires_method and not callable(getattr(cls, "update_from_method", None)):
+        raise ValueError(f"metric family {name!r} has requires_method but no update_from_method(...)")
     for other in families():
         if other.family == name:
             continue

@@ -271,8 +271,8 @@ class MapStability(MetricFamily, Metric):
                 f"least one, got {list(self.conditions)!r}"
             )
         self.top_k = check_top_k(top_k)
-        self.columns = agreement_keys(self.top_k)
-        shape = (len(self.conditions), len(self.columns))
+        self.agreement_columns = agreement_keys(self.top_k)
+        shape = (len(self.conditions), len(self.agreement_columns))
         self.add_state("agreement_sum", default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
         self.last: dict[str, Tensor] = {}
@@ -300,7 +300,7 @@ class MapStability(MetricFamily, Metric):
         if reference_maps.dim() != 4 or reference_maps.shape[1] != 1:
             raise ValueError(f"maps must be [B, 1, H, W], got {tuple(reference_maps.shape)}")
         scores = map_agreement(reference_maps, other_maps, self.top_k)
-        values = torch.stack([scores[c] for c in self.columns], 1)  # [B, K]
+        values = torch.stack([scores[c] for c in self.agreement_columns], 1)  # [B, K]
         finite = torch.isfinite(values)
         j = self.conditions.index(condition)
         total, count = torch.zeros_like(self.agreement_sum), torch.zeros_like(self.count)
@@ -308,7 +308,7 @@ class MapStability(MetricFamily, Metric):
         count[j] = finite.sum(0).double().to(count.device)
         self.agreement_sum = self.agreement_sum + total
         self.count = self.count + count
-        for k, column in enumerate(self.columns):
+        for k, column in enumerate(self.agreement_columns):
             self.last[f"stability/{condition}/{column}"] = values[:, k]
 
     def compute(self) -> dict[str, float]:
@@ -317,7 +317,7 @@ class MapStability(MetricFamily, Metric):
         for j, condition in enumerate(self.conditions):
             if not bool((self.count[j] > 0).any()):
                 continue
-            for k, column in enumerate(self.columns):
+            for k, column in enumerate(self.agreement_columns):
                 n = float(self.count[j, k])
                 out[f"stability/{condition}/{column}"] = float(self.agreement_sum[j, k]) / n if n else float("nan")
         return out

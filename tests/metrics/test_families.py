@@ -202,9 +202,14 @@ def test_registration_checks_the_description():
     class Unsorted(CentreShare):
         columns = {"a/b": True}
 
+    class Rerunner(CentreShare):
+        columns = {"rerun": True}
+        requires_method = True
+
     for cls, message in [
         (Clash, r"columns \['dice'\] already belong to family 'segmentation'"),
         (Unsorted, "columns must map column heads"),
+        (Rerunner, "has requires_method but no update_from_method"),
         (type("Plain", (), {}), "must be a torchmetrics Metric subclass that derives from MetricFamily"),
     ]:
         with pytest.raises(ValueError, match=message):
