@@ -183,8 +183,14 @@ class EvaluationConfig:
     stability_batch: bool = True  # stability: rerun each image in another batch (alone, or with 2 flipped copies)
     stability_threads: bool = False  # stability: rerun with torch.set_num_threads(1) (CPU runs on several threads)
     stability_top_k: list[float] = field(default_factory=lambda: [0.05, 0.2])  # stability: IoU of the top-k fractions
-    # per family, keyword arguments of its metric class over those the keys above give (a plugin family's settings)
+    # per family, keyword arguments of its metric class over those the keys above give (road, sanity, pointing_game,
+    # a plugin family's settings), e.g. {road: {percents: [10, 50, 90]}, pointing_game: {tolerance: 4}}
     params: dict[str, Any] = field(default_factory=dict)
+    # tables: every method is tested against this one (Wilcoxon signed-rank, paired by image); None: the first method
+    reference: str | None = None
+    ci_level: float = 0.95  # tables: level of the bootstrap confidence interval of each mean
+    ci_resamples: int = 10000  # tables: bootstrap resamples per cell
+    ci_seed: int = 0  # tables: the bootstrap's seed
 
 
 @dataclass

@@ -29,12 +29,19 @@ from torchmetrics import Metric
 
 from hdm_lightning.io import atomic_path, atomic_write_text
 from hdm_lightning.metrics import METRICS, build_family, saliency_metrics
-from hdm_lightning.metrics.family import column_key, curve_labels, family_of, higher_is_better
+from hdm_lightning.metrics.family import column_key, curve_family, curve_labels
+from hdm_lightning.tables import COST_COLUMNS, TableStats, write_tables
 
-__all__ = ["MetricSuite", "column_key", "gallery", "write_curves", "write_tables"]
-
-# The runner's cost columns (tables/cost.*): lower is better.
-COST_COLUMNS = ("seconds_per_image", "forward_per_image", "backward_per_image")
+__all__ = [
+    "COST_COLUMNS",
+    "MetricSuite",
+    "TableStats",
+    "column_key",
+    "family_params",
+    "gallery",
+    "write_curves",
+    "write_tables",
+]
 
 
 class MetricSuite:
@@ -54,7 +61,7 @@ class MetricSuite:
         unknown = [f for f in families if f not in METRICS]
         if unknown:
             raise ValueError(f"unknown metric families {unknown}: use any of {METRICS.names()}")
-        params = _family_params(families, evaluation)
+        params = family_params(families, evaluation)
         classes = {f: METRICS.get(f) for f in families}
         plain = [f for f in families if not classes[f].requires_method and not classes[f].requires_mask]
         masked = [f for f in families if not classes[f].requires_method and classes[f].requires_mask]
@@ -132,7 +139,7 @@ def _plain(value):
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
-def _family_params(families: Sequence[str], evaluation) -> dict[str, dict]:
+def family_params(families: Sequence[str], evaluation) -> dict[str, dict]:
     """Each family's keyword arguments: ``from_evaluation(evaluation)``, then ``evaluation.params.<family>``."""
     extra = _plain(getattr(evaluation, "params", None)) or {}
     stray = sorted(k for k in extra if k not in METRICS)
@@ -146,84 +153,6 @@ def _family_params(families: Sequence[str], evaluation) -> dict[str, dict]:
 
 def _num(v: float) -> float | None:
     return None if math.isnan(v) else round(v, 6)
-
-
-def _mean(values: list) -> float:
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return sum(vals) / len(vals) if vals else float("nan")
-
-
-def _columns(records: dict[str, list[dict]], family: str) -> list[str]:
-    """The family's columns in a fixed order (:func:`column_key`), whatever order the records hold them in."""
-    keys = {k for recs in records.values() for r in recs for k in r.get("metrics", {})}
-    return sorted((k for k in keys if getattr(family_of(k), "family", None) == family), key=column_key)
-
-
-def _higher_is_better(column: str) -> bool | None:
-    """A column's direction: its family's, lower for the cost columns, ``None`` (no bold) for others."""
-    return False if column in COST_COLUMNS else higher_is_better(column)
-
-
-def _fmt(v: float) -> str:
-    return "n/a" if isinstance(v, float) and math.isnan(v) else (f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}")
-
-
-def _table(rows: dict[str, dict[str, float]], columns: list[str], counts: dict[str, int]) -> tuple[str, str]:
-    """CSV and Markdown (best value per column in bold) of ``rows[method][column]``."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "images", *columns])
-    for m, vals in rows.items():
-        w.writerow([m, counts[m], *[("" if math.isnan(vals[c]) else f"{vals[c]:.6g}") for c in columns]])
-    best = {}
-    for c in columns:
-        vals = [v[c] for v in rows.values() if not math.isnan(v[c])]
-        higher = _higher_is_better(c)
-        if vals and higher is not None and len(rows) > 1:
-            best[c] = max(vals) if higher else min(vals)
-    arrow = {c: ("↑" if _higher_is_better(c) else "↓") for c in columns}
-    md = ["| method | images | " + " | ".join(f"{c} {arrow[c]}" for c in columns) + " |"]
-    md.append("| --- | ---: | " + " | ".join("---:" for _ in columns) + " |")
-    for m, vals in rows.items():
-        cells = [f"**{_fmt(vals[c])}**" if c in best and vals[c] == best[c] else _fmt(vals[c]) for c in columns]
-        md.append(f"| {m} | {counts[m]} | " + " | ".join(cells) + " |")
-    return buf.getvalue(), "\n".join(md) + "\n"
-
-
-def write_tables(folder: Path, records: dict[str, list[dict]], families: Sequence[str]) -> dict[str, str]:
-    """``tables/<family>.csv`` and ``.md`` (methods as rows, like the papers' tables) and ``tables/cost.*``.
-
-    Args:
-        folder: the run folder.
-        records: per method label, the records of its explained images.
-        families: the metric families the run computed.
-
-    Returns:
-        ``{family: markdown}`` for the README / W&B.
-    """
-    ok = {m: [r for r in recs if r.get("status") == "ok"] for m, recs in records.items()}
-    counts = {m: len(recs) for m, recs in ok.items()}
-    out = {}
-    for family in [*families, "cost"]:
-        if family == "cost":
-            columns = list(COST_COLUMNS)
-            rows = {m: {c: _mean([r.get(c) for r in recs]) for c in columns} for m, recs in ok.items()}
-        else:
-            columns = _columns(ok, family)
-            rows = {
-                m: {c: _mean([r.get("metrics", {}).get(c) for r in recs]) for c in columns} for m, recs in ok.items()
-            }
-        if not columns:
-            continue
-        text, _ = _table(rows, columns, counts)
-        # Markdown stays readable: a family may show only some of its columns (the CSV keeps all of them).
-        cls = METRICS.get(family) if family in METRICS else None
-        shown = [c for c in columns if cls is None or cls.in_markdown(c)]
-        _, md = _table(rows, shown, counts)
-        atomic_write_text(text, folder / "tables" / f"{family}.csv")
-        atomic_write_text(md, folder / "tables" / f"{family}.md")
-        out[family] = md
-    return out
 
 
 def mean_curves(records: dict[str, list[dict]]) -> dict[str, dict[str, list[float]]]:
@@ -240,8 +169,9 @@ def mean_curves(records: dict[str, list[dict]]) -> dict[str, dict[str, list[floa
 def write_curves(folder: Path, records: dict[str, list[dict]]) -> list[Path]:
     """Mean curves per method (deletion and insertion: HDM paper Fig. 6): ``curves/<kind>.png`` and ``.csv``.
 
-    The curves are the families' ``curves`` (``<kind>_curve``): the probability of the explained class at
-    evenly spaced fractions from 0 to 1.
+    The curves are the families' ``curves`` (``<kind>_curve``), each drawn on its family's axes
+    (:meth:`~hdm_lightning.metrics.family.MetricFamily.curve_axis`: x a fraction — of the pixels, of the layers —
+    and the quantity on y); the legend gives each method's mean of the curve over the x range (the AUC).
     """
     import matplotlib
 
@@ -249,11 +179,9 @@ def write_curves(folder: Path, records: dict[str, list[dict]]) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    labels = curve_labels()
     for name, per_method in mean_curves(records).items():
         kind = name.removesuffix("_curve")
-        steps = len(next(iter(per_method.values()))) - 1
-        xs = [i / steps for i in range(steps + 1)]
+        xs, xlabel, ylabel = curve_family(name).curve_axis(name, len(next(iter(per_method.values()))))
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["fraction", *per_method])
@@ -261,12 +189,13 @@ def write_curves(folder: Path, records: dict[str, list[dict]]) -> list[Path]:
             w.writerow([f"{x:.4f}", *[f"{c[i]:.6f}" for c in per_method.values()]])
         atomic_write_text(buf.getvalue(), folder / "curves" / f"{kind}.csv")
         fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+        span = (xs[-1] - xs[0]) or 1.0
         for m, c in per_method.items():
-            auc = sum((c[i] + c[i + 1]) / 2 for i in range(steps)) / steps
+            auc = sum((c[i] + c[i + 1]) / 2 * (xs[i + 1] - xs[i]) for i in range(len(xs) - 1)) / span
             ax.plot(xs, c, label=f"{m} ({auc:.3f})")
-        ax.set_xlabel(labels[name])
-        ax.set_ylabel("probability of the explained class")
-        ax.set_title(f"{kind} (AUC)")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{kind} (mean over the x range)")
         ax.legend(fontsize=7)
         fig.tight_layout()
         path = folder / "curves" / f"{kind}.png"

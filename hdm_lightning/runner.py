@@ -26,7 +26,7 @@ from hdm_lightning.config import ConfigError
 from hdm_lightning.contract import RunContext
 from hdm_lightning.data import build_dataset, load_items
 from hdm_lightning.distributed import Shard, run_device
-from hdm_lightning.evaluation import MetricSuite
+from hdm_lightning.evaluation import MetricSuite, TableStats
 from hdm_lightning.io import atomic_write_text
 from hdm_lightning.models import check_num_classes, load_classifier
 from hdm_lightning.run.batch import batch_targets, explain_batch
@@ -125,6 +125,10 @@ def _prepare(cfg: DictConfig, settings: DictConfig, shard: Shard) -> _Run:
     _check_labels(cfg, classifier, dataset)
     model = classifier.model.to(shard.device)
     runs = build_runs(cfg, settings, model, folder)
+    try:
+        TableStats.from_evaluation(cfg.evaluation).check_reference([r.label for r in runs])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     suite = None
     if cfg.evaluation.metrics:
         prep = classifier.preprocess

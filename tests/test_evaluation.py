@@ -158,7 +158,9 @@ def test_tables_are_means_of_per_image_values_with_the_best_in_bold(tmp_path):
     assert math.isclose(float(rows["a"]["insertion"]), 0.7) and math.isclose(float(rows["b"]["insertion"]), 0.9)
     md = tables["deletion_insertion"].splitlines()
     assert md[0] == "| method | images | deletion ↓ | insertion ↑ |"
-    assert md[2] == "| a | 2 | 0.2000 | 0.7000 |" and md[3] == "| b | 1 | **0.1000** | **0.9000** |"
+    # a: two images, so a bootstrap interval (the resampled means are 0.1, 0.2 or 0.3); b: one image, one pair
+    assert md[2] == "| a | 2 | 0.2000 [0.1000, 0.3000] | 0.7000 [0.6000, 0.8000] |"
+    assert md[3] == "| b | 1 | **0.1000** | **0.9000** |" and "against `a`" in md[5]
     assert table(tmp_path, "cost")["a"]["seconds_per_image"] == "2"
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "MetricFamily",
     "build_family",
     "column_key",
+    "curve_family",
     "curve_labels",
     "families",
     "family_of",
@@ -94,6 +95,16 @@ class MetricFamily:
         """Sort key of a column's tail within its head: percents in increasing order, then the rest by name."""
         number = _number(tail)
         return (math.inf if number is None else number, tail)
+
+    @classmethod
+    def curve_axis(cls, key: str, points: int) -> tuple[list[float], str, str]:
+        """The x values (fractions: ``curves/<kind>.csv``'s ``fraction`` column), x label and y label of a curve.
+
+        Default: ``points`` evenly spaced fractions from 0 to 1, the label in ``curves`` and the probability of the
+        explained class (deletion, insertion); a family whose curves are something else overrides it.
+        """
+        xs = [i / (points - 1) for i in range(points)] if points > 1 else [0.0]
+        return xs, cls.curves[key], "probability of the explained class"
 
     @classmethod
     def in_markdown(cls, key: str) -> bool:
@@ -194,6 +205,11 @@ def in_manifest(key: str) -> bool:
 def curve_labels() -> dict[str, str]:
     """Every registered curve, ``{key: x-axis label}``, in family order."""
     return {k: label for c in families() for k, label in c.curves.items()}
+
+
+def curve_family(key: str) -> type[MetricFamily] | None:
+    """The family that writes per-image curve ``key``, ``None`` for an unknown key."""
+    return next((c for c in families() if key in c.curves), None)
 
 
 class _FamilyView(Mapping):

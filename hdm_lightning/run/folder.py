@@ -37,6 +37,11 @@ NON_RESULT_KEYS = (
     "explainer.engine.checkpoint_every_n_steps",
     "explainer.engine.checkpoint_every_n_seconds",
     "explainer.engine.max_rows",
+    "evaluation.gallery",
+    "evaluation.reference",
+    "evaluation.ci_level",
+    "evaluation.ci_resamples",
+    "evaluation.ci_seed",
 )
 
 
@@ -80,10 +85,26 @@ def _result_keys(cfg: dict, ignore: tuple[str, ...]) -> dict[str, object]:
     return {k: v for k, v in _flat(cfg).items() if not any(k == n or k.startswith(n + ".") for n in ignore)}
 
 
+def _label(entry: dict) -> str:
+    return entry.get("label") or entry.get("name")
+
+
+def _more_methods(old: object, new: object) -> bool:
+    """Whether comparison list ``new`` holds every entry of ``old`` unchanged (same label, name and params), and more.
+
+    Entries are matched by label, so the new ones may come anywhere in the list.
+    """
+    if not (isinstance(old, list) and isinstance(new, list) and old and len(new) > len(old)):
+        return False
+    by_label = {_label(e): e for e in new if isinstance(e, dict)}
+    return all(isinstance(e, dict) and by_label.get(_label(e)) == e for e in old)
+
+
 def check_run_folder(folder: Path, cfg: DictConfig, ignore: tuple[str, ...] = NON_RESULT_KEYS) -> None:
     """Refuse to mix results of different configs in one folder; archive the old run if asked to.
 
-    Keys under ``ignore`` may differ between the saved config and ``cfg``.
+    Keys under ``ignore`` may differ between the saved config and ``cfg``, and a comparison's ``methods`` list may
+    grow: every earlier entry unchanged, new entries anywhere (a rerun computes only the new methods).
 
     Raises:
         ConfigError: ``folder`` holds a run whose result-determining settings differ and
@@ -108,6 +129,8 @@ def check_run_folder(folder: Path, cfg: DictConfig, ignore: tuple[str, ...] = NO
         )
     old = _result_keys(OmegaConf.to_container(OmegaConf.load(saved)), ignore)
     new = _result_keys(OmegaConf.to_container(cfg), ignore)
+    if _more_methods(old.get("methods"), new.get("methods")):
+        old["methods"] = new["methods"]  # a comparison may grow: only the new methods are computed
     diff = [k for k in sorted(set(old) | set(new)) if old.get(k, "<unset>") != new.get(k, "<unset>")]
     if diff:
         shown = "; ".join(f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in diff[:6])

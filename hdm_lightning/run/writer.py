@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from hdm_lightning.evaluation import column_key, gallery, write_curves, write_tables
+from hdm_lightning.evaluation import TableStats, column_key, gallery, write_curves, write_tables
 from hdm_lightning.explainers.result import Explanation
 from hdm_lightning.io import atomic_torch_save, atomic_write_json, atomic_write_text, load_tensors
 from hdm_lightning.metrics.family import in_manifest
@@ -168,7 +168,7 @@ def write_manifest_all(folder: Path, runs: list[MethodRun], order: list[str]) ->
 def write_reports(folder: Path, runs: list[MethodRun], cfg) -> dict[str, str]:
     """``tables/`` (the metric families' means per method) and ``curves/``; returns the Markdown tables."""
     records = {r.label: list(r.records.values()) for r in runs}
-    tables = write_tables(folder, records, list(cfg.evaluation.metrics))
+    tables = write_tables(folder, records, list(cfg.evaluation.metrics), TableStats.from_evaluation(cfg.evaluation))
     write_curves(folder, records)
     return tables
 

@@ -134,7 +134,8 @@ def test_a_family_registered_from_outside_is_in_the_suite_the_tables_and_the_man
     }
     md = write_tables(tmp_path, records, ["centre"])["centre"].splitlines()
     assert md[0] == "| method | images | centre ↑ | hot ↓ |"
-    assert md[2:] == ["| a | 1 | **1.0000** | **0.0625** |", "| b | 1 | 0.0000 | 0.1250 |"]
+    # one image per method: no interval, no test (both need two or more)
+    assert md[2:4] == ["| a | 1 | **1.0000** | **0.0625** |", "| b | 1 | 0.0000 | 0.1250 |"]
     write_manifest(tmp_path, {"x": {**records["a"][0], "metrics": {**values[0], "drop/70": 1.0, "x_curve": [1]}}})
     with open(tmp_path / "manifest.csv") as f:
         assert next(csv.reader(f)) == [*MANIFEST_COLUMNS, "drop/70", "centre", "hot"]
