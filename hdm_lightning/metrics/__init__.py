@@ -7,6 +7,7 @@ registers the built-in ones:
 - ``drop_increase`` (:class:`AverageDropIncrease`, :mod:`.drop_increase`): Average Drop / Increase (HDM §4.5).
 - ``deletion_insertion`` (:class:`DeletionInsertion`, :mod:`.deletion_insertion`): deletion / insertion AUC.
 - ``proportion`` (:class:`Proportion`, :mod:`.proportion`): energy-based pointing game (HDM §4.6).
+- ``pointing_game`` (:class:`PointingGame`, :mod:`.pointing`): pointing game hit rate, all and difficult images.
 - ``segmentation`` (:class:`SegmentationScores`, :mod:`.segmentation`): Dice, IoU, PPV, Sensitivity (MDM §4.2).
 - ``stability`` (:class:`MapStability`, :mod:`.stability`): agreement of a method's maps with its own reruns.
 
@@ -27,6 +28,7 @@ from hdm_lightning.metrics.family import (
     register_metric,
     saliency_metrics,
 )
+from hdm_lightning.metrics.pointing import PointingGame
 from hdm_lightning.metrics.proportion import Proportion
 from hdm_lightning.metrics.segmentation import SegmentationScores
 from hdm_lightning.metrics.stability import MapStability, map_agreement, rerun_conditions
@@ -40,6 +42,7 @@ __all__ = [
     "MapStability",
     "MetricFamily",
     "ModelMetric",
+    "PointingGame",
     "Proportion",
     "SaliencyMetric",
     "SegmentationScores",

@@ -75,10 +75,17 @@ def test_built_in_descriptions_give_the_papers_order_directions_and_choices():
         "drop_increase",
         "deletion_insertion",
         "proportion",
+        "pointing_game",
         "segmentation",
         "stability",
     ]
-    assert list(METRIC_FAMILIES) == ["drop_increase", "deletion_insertion", "proportion", "segmentation"]
+    assert list(METRIC_FAMILIES) == [
+        "drop_increase",
+        "deletion_insertion",
+        "proportion",
+        "pointing_game",
+        "segmentation",
+    ]
     assert EVALUATION_FAMILIES["stability"] is MapStability and METRICS.get("stability").requires_method
     directions = {h: d for c in families() for h, d in c.columns.items()}
     assert directions == {
@@ -87,6 +94,7 @@ def test_built_in_descriptions_give_the_papers_order_directions_and_choices():
         "deletion": False,
         "insertion": True,
         "proportion": True,
+        "pointing": True,
         "dice": True,
         "iou": True,
         "ppv": True,
