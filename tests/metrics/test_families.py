@@ -74,11 +74,12 @@ def test_built_in_descriptions_give_the_papers_order_directions_and_choices():
     assert [c.family for c in families()] == [
         "drop_increase",
         "deletion_insertion",
+        "road",
         "proportion",
         "segmentation",
         "stability",
     ]
-    assert list(METRIC_FAMILIES) == ["drop_increase", "deletion_insertion", "proportion", "segmentation"]
+    assert list(METRIC_FAMILIES) == ["drop_increase", "deletion_insertion", "road", "proportion", "segmentation"]
     assert EVALUATION_FAMILIES["stability"] is MapStability and METRICS.get("stability").requires_method
     directions = {h: d for c in families() for h, d in c.columns.items()}
     assert directions == {
@@ -86,6 +87,9 @@ def test_built_in_descriptions_give_the_papers_order_directions_and_choices():
         "increase": True,
         "deletion": False,
         "insertion": True,
+        "road_morf": False,
+        "road_lerf": True,
+        "road_gap": True,
         "proportion": True,
         "dice": True,
         "iou": True,
