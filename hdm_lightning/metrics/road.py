@@ -137,17 +137,16 @@ def linear_imputation(image: Tensor, removed: Tensor) -> Tensor:
         image: ``[C, H, W]``, raw or normalised (the imputation commutes with a per-channel affine map).
         removed: bool ``[H, W]``; at least one pixel must be kept.
     """
-    values = image.detach().to("cpu", torch.float64).reshape(image.shape[0], -1)
-    flat = removed.detach().to("cpu", torch.bool).reshape(-1)
-    if bool(flat.all()):
+    values = image.detach().to("cpu", torch.float64).numpy().reshape(image.shape[0], -1).copy()
+    mask = removed.detach().to("cpu", torch.bool).numpy()
+    flat = mask.reshape(-1)
+    if flat.all():
         raise ValueError("linear imputation needs at least one kept pixel to impute from")
-    if not bool(flat.any()):
-        return values.reshape(image.shape).clone()
-    a, b = _imputation_system(flat.view(removed.shape).numpy(), values.numpy())
-    solution = splu(a.tocsc(), permc_spec="MMD_AT_PLUS_A", options={"SymmetricMode": True}).solve(b)
-    out = values.clone()
-    out[:, flat] = torch.from_numpy(np.ascontiguousarray(solution.T))
-    return out.reshape(image.shape)
+    if flat.any():
+        a, b = _imputation_system(mask, values)
+        solution = splu(a.tocsc(), permc_spec="MMD_AT_PLUS_A", options={"SymmetricMode": True}).solve(b)
+        values[:, flat] = solution.T
+    return torch.from_numpy(values).reshape(image.shape)
 
 
 def image_digest(image: Tensor) -> str:
@@ -244,11 +243,11 @@ class ROAD(ModelMetric):
 
     def _perturbed(self, image: Tensor, removed: Tensor, digest: str, order: str, q: float) -> Tensor:
         """``image [C, H, W]`` with ``removed [H, W]`` filled by noisy linear imputation, in its dtype and device."""
+        removed = removed.cpu()
         filled = linear_imputation(image, removed)
-        if self.noise > 0 and bool(removed.any()):
+        if self.noise > 0:
             noise = id_noise(f"road/{self.seed}/{digest}/{order}/{percent_key(q)}", image.shape)
-            noise = noise * (self.noise / self.std).view(-1, 1, 1)
-            filled = torch.where(removed.cpu(), filled + noise, filled)
+            filled += noise.mul_((self.noise / self.std).view(-1, 1, 1)).mul_(removed)
         return filled.to(image.device, image.dtype)
 
     def update(self, images: Tensor, saliency: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
@@ -262,7 +261,7 @@ class ROAD(ModelMetric):
                 f"std has {self.std.numel()} channels but images have {images.shape[1]}: pass the classifier's "
                 "Preprocess.std"
             )
-        positions = rank_positions(saliency)  # [B, HW]
+        positions = rank_positions(saliency).cpu()  # [B, HW]; the imputation runs on the CPU
         digests = [image_digest(image) for image in images]
 
         def make_inputs(start: int, stop: int) -> tuple[Tensor, Tensor]:
