@@ -6,6 +6,7 @@ registers the built-in ones:
 
 - ``drop_increase`` (:class:`AverageDropIncrease`, :mod:`.drop_increase`): Average Drop / Increase (HDM §4.5).
 - ``deletion_insertion`` (:class:`DeletionInsertion`, :mod:`.deletion_insertion`): deletion / insertion AUC.
+- ``road`` (:class:`ROAD`, :mod:`.road`): ROAD, MoRF / LeRF with noisy linear imputation (arXiv 2202.00449).
 - ``proportion`` (:class:`Proportion`, :mod:`.proportion`): energy-based pointing game (HDM §4.6).
 - ``pointing_game`` (:class:`PointingGame`, :mod:`.pointing`): pointing game hit rate, all and difficult images.
 - ``segmentation`` (:class:`SegmentationScores`, :mod:`.segmentation`): Dice, IoU, PPV, Sensitivity (MDM §4.2).
@@ -30,6 +31,7 @@ from hdm_lightning.metrics.family import (
 )
 from hdm_lightning.metrics.pointing import PointingGame
 from hdm_lightning.metrics.proportion import Proportion
+from hdm_lightning.metrics.road import ROAD
 from hdm_lightning.metrics.segmentation import SegmentationScores
 from hdm_lightning.metrics.stability import MapStability, map_agreement, rerun_conditions
 
@@ -44,6 +46,7 @@ __all__ = [
     "ModelMetric",
     "PointingGame",
     "Proportion",
+    "ROAD",
     "SaliencyMetric",
     "SegmentationScores",
     "build_family",

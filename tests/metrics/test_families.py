@@ -74,6 +74,7 @@ def test_built_in_descriptions_give_the_papers_order_directions_and_choices():
     assert [c.family for c in families()] == [
         "drop_increase",
         "deletion_insertion",
+        "road",
         "proportion",
         "pointing_game",
         "segmentation",
@@ -82,6 +83,7 @@ def test_built_in_descriptions_give_the_papers_order_directions_and_choices():
     assert list(METRIC_FAMILIES) == [
         "drop_increase",
         "deletion_insertion",
+        "road",
         "proportion",
         "pointing_game",
         "segmentation",
@@ -93,6 +95,9 @@ def test_built_in_descriptions_give_the_papers_order_directions_and_choices():
         "increase": True,
         "deletion": False,
         "insertion": True,
+        "road_morf": False,
+        "road_lerf": True,
+        "road_gap": True,
         "proportion": True,
         "pointing": True,
         "dice": True,
