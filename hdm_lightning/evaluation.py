@@ -166,12 +166,23 @@ def mean_curves(records: dict[str, list[dict]]) -> dict[str, dict[str, list[floa
     return curves
 
 
-def write_curves(folder: Path, records: dict[str, list[dict]]) -> list[Path]:
+def _curve_params(cls, evaluation) -> dict:
+    """The family's settings in the run (``{}`` without an ``evaluation`` section or when they do not resolve)."""
+    if evaluation is None:
+        return {}
+    try:
+        return family_params([cls.family], evaluation)[cls.family]
+    except (ValueError, AttributeError):
+        return {}
+
+
+def write_curves(folder: Path, records: dict[str, list[dict]], evaluation=None) -> list[Path]:
     """Mean curves per method (deletion and insertion: HDM paper Fig. 6): ``curves/<kind>.png`` and ``.csv``.
 
     The curves are the families' ``curves`` (``<kind>_curve``), each drawn on its family's axes
     (:meth:`~hdm_lightning.metrics.family.MetricFamily.curve_axis`: x a fraction — of the pixels, of the layers —
-    and the quantity on y); the legend gives each method's mean of the curve over the x range (the AUC).
+    and the quantity on y; ``evaluation``, the run's config section, gives the families' settings, e.g. ROAD's
+    percents); the legend gives each method's mean of the curve over the x range (the AUC).
     """
     import matplotlib
 
@@ -181,7 +192,9 @@ def write_curves(folder: Path, records: dict[str, list[dict]]) -> list[Path]:
     written = []
     for name, per_method in mean_curves(records).items():
         kind = name.removesuffix("_curve")
-        xs, xlabel, ylabel = curve_family(name).curve_axis(name, len(next(iter(per_method.values()))))
+        cls = curve_family(name)
+        params = _curve_params(cls, evaluation)
+        xs, xlabel, ylabel = cls.curve_axis(name, len(next(iter(per_method.values()))), params)
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["fraction", *per_method])

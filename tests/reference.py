@@ -196,8 +196,17 @@ def dm_one_image(
     for i, size in enumerate(sizes, start=1):
         a, b = (size, size) if isinstance(size, int) else tuple(size)
         d = train_vector(
-            model, x, target, ref, torch.full((1, 1, a, b), tau, dtype=x.dtype), epochs, lr, eta, mode=mode,
-            early=early, optim=optim,
+            model,
+            x,
+            target,
+            ref,
+            torch.full((1, 1, a, b), tau, dtype=x.dtype),
+            epochs,
+            lr,
+            eta,
+            mode=mode,
+            early=early,
+            optim=optim,
         )
         vectors[f"d{i}"] = d
         for t in factors:

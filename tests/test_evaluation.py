@@ -137,8 +137,8 @@ def test_comparison_config_errors(config, tmp_path, capsys):
     assert "gradcamm" in err and "gradcam" in err  # the registered names are listed
     assert explain_main([*base, "methods=[{name: rise, params: {masks: 3}}]"]) == 2
     assert "n_masks" in capsys.readouterr().err  # the known parameters are listed
-    assert explain_main([*base, "evaluation.metrics=[pointing_game]"]) == 2
-    assert "pointing_game" in capsys.readouterr().err
+    assert explain_main([*base, "evaluation.metrics=[pointing_gam]"]) == 2
+    assert "pointing_gam" in capsys.readouterr().err
     assert explain_main([*base, "methods=[{name: gradient}, {name: gradient}]"]) == 2
     assert "label" in capsys.readouterr().err
 

@@ -97,11 +97,13 @@ class MetricFamily:
         return (math.inf if number is None else number, tail)
 
     @classmethod
-    def curve_axis(cls, key: str, points: int) -> tuple[list[float], str, str]:
+    def curve_axis(cls, key: str, points: int, params: Mapping[str, Any]) -> tuple[list[float], str, str]:
         """The x values (fractions: ``curves/<kind>.csv``'s ``fraction`` column), x label and y label of a curve.
 
-        Default: ``points`` evenly spaced fractions from 0 to 1, the label in ``curves`` and the probability of the
-        explained class (deletion, insertion); a family whose curves are something else overrides it.
+        ``params`` are the family's constructor keyword arguments in the run (``from_evaluation`` plus
+        ``evaluation.params.<family>``). Default: ``points`` evenly spaced fractions from 0 to 1, the label in
+        ``curves`` and the probability of the explained class (deletion, insertion); a family whose curves are
+        something else overrides it.
         """
         xs = [i / (points - 1) for i in range(points)] if points > 1 else [0.0]
         return xs, cls.curves[key], "probability of the explained class"

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -172,6 +172,10 @@ def _check_settings(percents: Sequence[float], noise: float, seed: int) -> tuple
     return tuple(sorted(values)), float(noise), seed
 
 
+#: ROAD's shares of the pixels removed, in percent (the paper's 10 .. 90)
+DEFAULT_PERCENTS = (10, 20, 30, 40, 50, 60, 70, 80, 90)
+
+
 @register_metric("road")
 class ROAD(ModelMetric):
     """ROAD MoRF and LeRF with noisy linear imputation (Rong et al., ICML 2022, arXiv 2202.00449).
@@ -204,14 +208,22 @@ class ROAD(ModelMetric):
     order: ClassVar[int] = 25  # after deletion_insertion (20), the other perturbation family; before proportion (30)
     markdown_tails: ClassVar[tuple[str, ...]] = ("auc",)
     curves: ClassVar[dict[str, str]] = {
-        "road_morf_curve": "pixels removed, most relevant first (first to last of road's percents)",
-        "road_lerf_curve": "pixels removed, least relevant first (first to last of road's percents)",
+        "road_morf_curve": "share of the pixels removed and imputed, most relevant first",
+        "road_lerf_curve": "share of the pixels removed and imputed, least relevant first",
     }
+
+    @classmethod
+    def curve_axis(cls, key: str, points: int, params: Mapping[str, Any]) -> tuple[list[float], str, str]:
+        """x: the run's percents as fractions (sorted, as the curves are); y: the class probability after imputation."""
+        percents = sorted(params.get("percents", DEFAULT_PERCENTS))
+        if len(percents) != points:  # records of other settings than the config's: fall back to the point index
+            return [float(i) for i in range(points)], f"{cls.curves[key]} (point index)", "probability"
+        return [q / 100 for q in percents], cls.curves[key], "probability of the explained class"
 
     def __init__(
         self,
         model: nn.Module,
-        percents: Sequence[float] = (10, 20, 30, 40, 50, 60, 70, 80, 90),
+        percents: Sequence[float] = DEFAULT_PERCENTS,
         noise: float = 0.01,
         seed: int = 0,
         mean: Sequence[float] | Tensor | None = None,

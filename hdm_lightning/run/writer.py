@@ -169,7 +169,7 @@ def write_reports(folder: Path, runs: list[MethodRun], cfg) -> dict[str, str]:
     """``tables/`` (the metric families' means per method) and ``curves/``; returns the Markdown tables."""
     records = {r.label: list(r.records.values()) for r in runs}
     tables = write_tables(folder, records, list(cfg.evaluation.metrics), TableStats.from_evaluation(cfg.evaluation))
-    write_curves(folder, records)
+    write_curves(folder, records, cfg.evaluation)
     return tables
 
 

@@ -130,7 +130,7 @@ def test_the_suite_takes_its_settings_from_evaluation_params(tmp_path):
     records = {"m": [{"id": str(i), "status": "ok", "metrics": v} for i, v in enumerate(values)]}
     md = write_tables(tmp_path, records, ["pointing_game"])["pointing_game"].splitlines()
     assert md[0] == "| method | images | pointing/all ↑ | pointing/difficult ↑ |"
-    assert md[2] == "| m | 3 | 0.5000 | 0.0000 |"
+    assert md[2] == "| m | 3 | 0.5000 [0.0000, 1.0000] | 0.0000 |"  # two hits/misses: an interval; one: none
 
 
 @pytest.mark.parametrize(

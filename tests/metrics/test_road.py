@@ -17,7 +17,7 @@ from pytorch_grad_cam.metrics.perturbation_confidence import (
 from pytorch_grad_cam.metrics.road import NoisyLinearImputer, neighbors_weights
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
-from hdm_lightning.evaluation import MetricSuite, write_tables
+from hdm_lightning.evaluation import MetricSuite, write_curves, write_tables
 from hdm_lightning.metrics import METRICS, ROAD, families
 from hdm_lightning.metrics.perturbation import keep_count
 from hdm_lightning.metrics.road import NEIGHBOUR_WEIGHTS, linear_imputation
@@ -192,4 +192,20 @@ def test_the_suite_builds_road_from_evaluation_params_and_the_tables_show_the_au
     md = write_tables(tmp_path, records, ["road"])["road"].splitlines()
     assert md[0] == "| method | images | road_morf/auc ↓ | road_lerf/auc ↑ | road_gap/auc ↑ |"
     csv_head = (tmp_path / "tables" / "road.csv").read_text().splitlines()[0]
-    assert csv_head == "method,images," + ",".join([*heads, "road_gap/auc"])
+    columns = [*heads, "road_gap/auc"]
+    suffixes = ("", "_ci_low", "_ci_high", "_p")
+    assert csv_head == "method,images," + ",".join(f"{c}{s}" for c in columns for s in suffixes)
+
+
+def test_mean_curves_are_drawn_at_the_runs_percents(tmp_path):
+    records = {
+        "m": [
+            {"status": "ok", "metrics": {"road_morf_curve": [0.9, 0.5, 0.1], "road_lerf_curve": [1.0, 0.9, 0.8]}},
+            {"status": "ok", "metrics": {"road_morf_curve": [0.7, 0.3, 0.1], "road_lerf_curve": [1.0, 0.9, 0.6]}},
+        ]
+    }
+    evaluation = SimpleNamespace(batch_size=4, params={"road": {"percents": [50, 10, 90]}})
+    write_curves(tmp_path, records, evaluation)
+    rows = (tmp_path / "curves" / "road_morf.csv").read_text().splitlines()
+    assert rows == ["fraction,m", "0.1000,0.800000", "0.5000,0.400000", "0.9000,0.100000"]
+    assert (tmp_path / "curves" / "road_lerf.png").stat().st_size > 1000
