@@ -9,6 +9,8 @@ registers the built-in ones:
 - ``proportion`` (:class:`Proportion`, :mod:`.proportion`): energy-based pointing game (HDM §4.6).
 - ``segmentation`` (:class:`SegmentationScores`, :mod:`.segmentation`): Dice, IoU, PPV, Sensitivity (MDM §4.2).
 - ``stability`` (:class:`MapStability`, :mod:`.stability`): agreement of a method's maps with its own reruns.
+- ``sanity`` (:class:`SanityChecks`, :mod:`.sanity`): similarity of a method's maps with its maps of a randomised
+  classifier (cascading, from the logits down) and of a random other class; lower is better.
 
 The map families share :mod:`.base` (the ``update(images, saliency, target, mask=None)`` contract) and
 :mod:`.perturbation` (ranking, canvases); :func:`saliency_metrics` builds a ``MetricCollection`` of them.
@@ -28,6 +30,7 @@ from hdm_lightning.metrics.family import (
     saliency_metrics,
 )
 from hdm_lightning.metrics.proportion import Proportion
+from hdm_lightning.metrics.sanity import SanityChecks
 from hdm_lightning.metrics.segmentation import SegmentationScores
 from hdm_lightning.metrics.stability import MapStability, map_agreement, rerun_conditions
 
@@ -42,6 +45,7 @@ __all__ = [
     "ModelMetric",
     "Proportion",
     "SaliencyMetric",
+    "SanityChecks",
     "SegmentationScores",
     "build_family",
     "families",

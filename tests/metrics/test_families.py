@@ -77,6 +77,7 @@ def test_built_in_descriptions_give_the_papers_order_directions_and_choices():
         "proportion",
         "segmentation",
         "stability",
+        "sanity",
     ]
     assert list(METRIC_FAMILIES) == ["drop_increase", "deletion_insertion", "proportion", "segmentation"]
     assert EVALUATION_FAMILIES["stability"] is MapStability and METRICS.get("stability").requires_method
@@ -92,6 +93,7 @@ def test_built_in_descriptions_give_the_papers_order_directions_and_choices():
         "ppv": True,
         "sensitivity": True,
         "stability": True,
+        "sanity": False,
     }
     keys = ["dice/mean", "stability/batch/iou5", "increase/70", "dice/95", "proportion", "insertion", "drop/90"]
     keys += ["drop/70", "dice/70", "deletion", "stability/noise1e-06/pearson", "probability", "probability/70"]
