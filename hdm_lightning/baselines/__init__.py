@@ -5,7 +5,8 @@
 >>> result.maps, result.forward_passes, result.backward_passes  # maps in [0, 1]; samples  # doctest: +SKIP
 
 Families: :mod:`.gradients` (captum), :mod:`.cam` (grad-cam), :mod:`.rise`, :mod:`.perturbation` (Fong & Vedaldi's
-mask), :mod:`.random_map` (the floor). Importing this package registers them all; DM, HDM and MDM are registered by
+mask), :mod:`.random_map` (the floor), :mod:`.controls` (``centre``, ``edges``, ``blurred``: maps that do not explain
+the classifier, or only smoothly). Importing this package registers them all; DM, HDM and MDM are registered by
 :mod:`hdm_lightning.explainers`, behind the same contract (:mod:`hdm_lightning.contract`).
 """
 
@@ -20,6 +21,7 @@ from hdm_lightning.baselines.cam import (
     XGradCAM,
     fullgrad_unsupported_reason,
 )
+from hdm_lightning.baselines.controls import BlurredMap, CentreBias, SobelEdges
 from hdm_lightning.baselines.gradients import DeepLift, Gradient, IntegratedGradients, distinct_relus
 from hdm_lightning.baselines.layers import TokenReshape, default_target_layer, nhwc_to_nchw, resolve_module
 from hdm_lightning.baselines.perturbation import MeaningfulPerturbation
@@ -29,6 +31,8 @@ from hdm_lightning.baselines.rise import RISE, rise_masks
 __all__ = [
     "RISE",
     "AblationCAM",
+    "BlurredMap",
+    "CentreBias",
     "DeepLift",
     "EigenCAM",
     "FullGrad",
@@ -40,6 +44,7 @@ __all__ = [
     "MeaningfulPerturbation",
     "RandomMap",
     "ScoreCAM",
+    "SobelEdges",
     "TokenReshape",
     "XGradCAM",
     "default_target_layer",

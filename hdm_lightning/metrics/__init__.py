@@ -11,6 +11,8 @@ registers the built-in ones:
 - ``pointing_game`` (:class:`PointingGame`, :mod:`.pointing`): pointing game hit rate, all and difficult images.
 - ``segmentation`` (:class:`SegmentationScores`, :mod:`.segmentation`): Dice, IoU, PPV, Sensitivity (MDM §4.2).
 - ``stability`` (:class:`MapStability`, :mod:`.stability`): agreement of a method's maps with its own reruns.
+- ``sanity`` (:class:`SanityChecks`, :mod:`.sanity`): similarity of a method's maps with its maps of a randomised
+  classifier (cascading, from the logits down) and of a random other class; lower is better.
 
 The map families share :mod:`.base` (the ``update(images, saliency, target, mask=None)`` contract) and
 :mod:`.perturbation` (ranking, canvases); :func:`saliency_metrics` builds a ``MetricCollection`` of them.
@@ -32,6 +34,7 @@ from hdm_lightning.metrics.family import (
 from hdm_lightning.metrics.pointing import PointingGame
 from hdm_lightning.metrics.proportion import Proportion
 from hdm_lightning.metrics.road import ROAD
+from hdm_lightning.metrics.sanity import SanityChecks
 from hdm_lightning.metrics.segmentation import SegmentationScores
 from hdm_lightning.metrics.stability import MapStability, map_agreement, rerun_conditions
 
@@ -48,6 +51,7 @@ __all__ = [
     "Proportion",
     "ROAD",
     "SaliencyMetric",
+    "SanityChecks",
     "SegmentationScores",
     "build_family",
     "families",

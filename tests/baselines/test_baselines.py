@@ -35,6 +35,7 @@ PARAMS = {
     "dm": {"config": DM},
     "hdm": {"config": {**DM, "stages": 2, "mixing": {"epochs": 2}}},
     "mdm": {"config": MDM},
+    "blurred": {"of": "gradient", "sigma": 2},
 }
 EXPECTED = {
     "gradient",
@@ -54,6 +55,9 @@ EXPECTED = {
     "dm",
     "mdm",
     "random",
+    "centre",
+    "edges",
+    "blurred",
 }
 # What genuinely does not apply, and the error that says so.
 NOT_APPLICABLE = {("vit", "fullgrad"): "FullGrad needs a CNN"}

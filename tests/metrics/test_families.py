@@ -79,6 +79,7 @@ def test_built_in_descriptions_give_the_papers_order_directions_and_choices():
         "pointing_game",
         "segmentation",
         "stability",
+        "sanity",
     ]
     assert list(METRIC_FAMILIES) == [
         "drop_increase",
@@ -105,6 +106,7 @@ def test_built_in_descriptions_give_the_papers_order_directions_and_choices():
         "ppv": True,
         "sensitivity": True,
         "stability": True,
+        "sanity": False,
     }
     keys = ["dice/mean", "stability/batch/iou5", "increase/70", "dice/95", "proportion", "insertion", "drop/90"]
     keys += ["drop/70", "dice/70", "deletion", "stability/noise1e-06/pearson", "probability", "probability/70"]
