@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -100,6 +101,9 @@ class BlurredMap(SaliencyMethod):
         sigma: the Gaussian's standard deviation in pixels.
         params: the inner method's parameters.
     """
+
+    #: its ``of`` names an inner method built with ``params``: a run lends that method its own settings (plan.py)
+    wraps: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, of: str = "hdm", sigma: float = 11.0, params: dict | None = None) -> None:
         super().__init__(model)

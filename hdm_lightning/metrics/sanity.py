@@ -19,11 +19,7 @@ similarity is lower-is-better: a method passes when its maps differ.
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -34,6 +30,14 @@ from hdm_lightning.core import model_device_dtype, preserved
 from hdm_lightning.metrics.agreement import agreement_keys, spearman, top_k_iou
 from hdm_lightning.metrics.base import SaliencyMetric
 from hdm_lightning.metrics.family import register_metric
+from hdm_lightning.metrics.randomisation import (
+    SETTING,
+    cascade_points,
+    layer_seed,
+    parameter_layers,
+    reinitialise,
+    restored,
+)
 from hdm_lightning.metrics.stability import check_top_k
 
 __all__ = [
@@ -48,107 +52,7 @@ __all__ = [
     "sort_key",
 ]
 
-_SETTING = "evaluation.params.sanity"
-
-
-# ------------------------------------------------------------------------------------------------ layers
-
-
-def parameter_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The layers of ``model`` from the output down: ``(name, module)`` for each module with parameters of its own.
-
-    Assumption: ``named_modules()`` lists the modules in definition order and a network defines its layers from
-    input to output (``nn.Sequential``, torchvision's ResNets, ViTs, :class:`~hdm_lightning.models.SmallCNN`), so
-    its reverse starts at the logits. A module that only holds others (``nn.Sequential``, a residual block) is no
-    layer; a ``BatchNorm`` with affine weights is one.
-    """
-    layers = [(n, m) for n, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None]
-    return layers[::-1]
-
-
-def cascade_points(
-    names: Sequence[str], steps: int | None = None, layers: Sequence[str] | None = None
-) -> list[tuple[str, int]]:
-    """``(point, count)``: each cascade point's name and how many layers (of ``names``, top-down) it re-initialises.
-
-    ``steps``: points ``cascade1 .. cascade<steps - 1>``, ``full`` with ``ceil(L * j / steps)`` layers at point
-    ``j`` (``L = len(names)``; the last is every layer). ``layers``: one point ``cascade<j>`` per given name, down to
-    and including that layer, then ``full``.
-
-    Raises:
-        ValueError: more steps than layers, or a name that is not a layer, repeated or out of top-down order.
-    """
-    total = len(names)
-    if layers is None:
-        if steps > total:
-            raise ValueError(
-                f"{_SETTING}.steps = {steps} is more than the classifier's {total} layers with parameters: give "
-                f"steps <= {total}, or name the layers in {_SETTING}.layers"
-            )
-        counts = [math.ceil(total * j / steps) for j in range(1, steps + 1)]
-        return [(f"cascade{j}", c) for j, c in enumerate(counts[:-1], 1)] + [("full", counts[-1])]
-    unknown = [n for n in layers if n not in names]
-    if unknown:
-        raise ValueError(
-            f"{_SETTING}.layers names {unknown}, which are not modules with parameters of their own; the layers, "
-            f"from the output down: {list(names)}"
-        )
-    counts = [names.index(n) + 1 for n in layers]
-    if any(b <= a for a, b in zip(counts, counts[1:], strict=False)):
-        raise ValueError(f"{_SETTING}.layers must be distinct and go from the output down, as in {list(names)}")
-    return [(f"cascade{j}", c) for j, c in enumerate(counts, 1)] + [("full", total)]
-
-
-def _layer_seed(seed: int, name: str) -> int:
-    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-@torch.no_grad()
-def reinitialise(module: nn.Module, name: str, seed: int = 0) -> None:
-    """Re-initialise ``module``'s own parameters in place, the same for a ``(seed, name)`` on any device.
-
-    1. A module with ``reset_parameters()`` (convolutions, linear layers, norms; a norm's running statistics are
-       reset too): a CPU copy is reset with the CPU generator seeded from ``(seed, name)``, and its own parameters
-       and buffers are copied into the module. This is the layer's own initialisation, as Adebayo et al. re-draw
-       each layer from its initialisation distribution.
-    2. Any other module (e.g. a ViT's class token, position embedding): each own parameter is re-drawn from a
-       normal with the parameter's own mean and standard deviation (1 when it has none), same seed.
-
-    The global CPU generator is reseeded: call inside ``torch.random.fork_rng`` (as :class:`SanityChecks` does).
-    """
-    s = _layer_seed(seed, name)
-    if callable(getattr(module, "reset_parameters", None)):
-        clone = copy.deepcopy(module).cpu()
-        torch.default_generator.manual_seed(s)
-        clone.reset_parameters()
-        for key, p in module.named_parameters(recurse=False):
-            p.copy_(clone._parameters[key])
-        for key, b in module.named_buffers(recurse=False):
-            b.copy_(clone._buffers[key])
-        return
-    gen = torch.Generator().manual_seed(s)
-    for _, p in module.named_parameters(recurse=False):
-        x = p.detach().double().cpu()
-        std = float(x.std()) if x.numel() > 1 else 0.0
-        std = std if math.isfinite(std) and std > 0 else 1.0
-        p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * std + float(x.mean()))
-
-
-@contextmanager
-def restored(model: nn.Module) -> Iterator[nn.Module]:
-    """Run a block that may write ``model``'s weights; afterwards every parameter and buffer is bit-exactly as before.
-
-    Clones of every parameter and buffer (non-persistent buffers too) are taken first and copied back in place in
-    a ``finally``: the same tensor objects, so hooks and modules that methods hold keep seeing the model.
-    """
-    saved = [(t, t.detach().clone()) for t in [*model.parameters(), *model.buffers()]]
-    try:
-        yield model
-    finally:
-        with torch.no_grad():
-            for t, value in saved:
-                t.copy_(value)
+_SETTING = SETTING
 
 
 # ------------------------------------------------------------------------------------------------ classes, similarity
@@ -163,7 +67,7 @@ def random_other_class(ids: Sequence[object], target: Tensor, classes: int, seed
         raise ValueError(f"a random other class needs at least two classes, the classifier has {classes}")
     out = []
     for item_id, t in zip(ids, target.tolist(), strict=True):
-        gen = torch.Generator().manual_seed(_layer_seed(seed, f"logit:{item_id}"))
+        gen = torch.Generator().manual_seed(layer_seed(seed, f"logit:{item_id}"))
         r = int(torch.randint(classes - 1, (1,), generator=gen))
         out.append(r + (r >= t))
     return torch.tensor(out, dtype=torch.long, device=target.device)
@@ -272,6 +176,16 @@ class SanityChecks(SaliencyMetric):
     def tail_key(cls, tail: str) -> tuple:
         """Cascade points in order, ``full``, ``logit``; then ``spearman``, ``ssim``, ``iou`` by fraction."""
         return sort_key(tail)
+
+    @classmethod
+    def curve_axis(cls, key: str, points: int, params: Mapping[str, Any]) -> tuple[list[float], str, str]:
+        """x: ``j / steps`` at cascade point ``j`` (0: the trained model); y: Spearman correlation with its map.
+
+        With ``layers`` the points are the named layers, drawn evenly spaced (their true shares depend on the model).
+        """
+        xs = [j / (points - 1) for j in range(points)] if points > 1 else [0.0]
+        label = cls.curves[key] if params.get("layers") is None else "cascade point (named layers), from the top"
+        return xs, label, "Spearman correlation with the map of the trained model"
 
     @classmethod
     def in_markdown(cls, key: str) -> bool:

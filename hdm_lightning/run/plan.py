@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from hdm_lightning.config import ConfigError
-from hdm_lightning.contract import SaliencyMethod, build_method
+from hdm_lightning.contract import METHODS, SaliencyMethod, build_method, method_params
 from hdm_lightning.distributed import Shard
 from hdm_lightning.run.folder import read_records
 
@@ -57,14 +57,29 @@ def build_runs(cfg: DictConfig, settings: DictConfig, model, folder: Path) -> li
             )
         labels.add(label)
         params = OmegaConf.to_container(entry.params)
-        if entry.name == cfg.method and "config" not in params:
-            params["config"] = settings  # the run's own method settings
         try:
+            params = _lend_settings(entry.name, params, cfg.method, settings)
             method = build_method(entry.name, model, params)
         except (KeyError, ValueError) as e:
             raise ConfigError(f"methods: entry {label!r}: {e.args[0] if isinstance(e, KeyError) else e}") from None
         runs.append(MethodRun(label, folder / "methods" / label, method))
     return runs
+
+
+def _lend_settings(name: str, params: dict, run_method: str, settings: DictConfig) -> dict:
+    """The entry's params, with the run's method settings as ``config`` where the entry is (or wraps) that method.
+
+    ``{name: hdm}`` gets ``config: <the run's HDM settings>``; so does the inner method of a wrapping method (a
+    class with ``wraps``, e.g. ``{name: blurred, params: {of: hdm}}``: ``params.params.config``), unless given.
+    """
+    if name == run_method and "config" not in params:
+        return {**params, "config": settings}
+    if getattr(METHODS.get(name), "wraps", False):
+        inner = params.get("of", method_params(name).get("of"))
+        inner_params = dict(params.get("params") or {})
+        if inner == run_method and "config" not in inner_params:
+            return {**params, "params": {**inner_params, "config": settings}}
+    return params
 
 
 @dataclass

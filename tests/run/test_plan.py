@@ -71,6 +71,21 @@ def test_methods_are_built_once_with_the_runs_settings(tmp_path):
     assert alone.root == tmp_path and alone.method.cfg.schedule.params.epochs == 2
 
 
+def test_a_blurred_run_method_gets_the_runs_settings_unless_given(tmp_path):
+    model = tiny_classifier().model
+    settings = method_config("dm", {"schedule": {"params": {"epochs": 2}}})
+    own = {"schedule": {"name": "dm", "params": {"epochs": 5}}}
+    entries = [
+        {"name": "blurred", "label": "b_run", "params": {"of": "dm", "sigma": 2}},
+        {"name": "blurred", "label": "b_own", "params": {"of": "dm", "sigma": 2, "params": {"config": own}}},
+        {"name": "blurred", "label": "b_grad", "params": {"of": "gradient", "sigma": 2}},
+    ]
+    cfg = OmegaConf.create({"method": "dm", "methods": entries})
+    run, given, grad = (r.method for r in build_runs(cfg, settings, model, tmp_path))
+    assert run.inner.cfg.schedule.params.epochs == 2  # the run's dm settings
+    assert given.inner.cfg.schedule.params.epochs == 5 and grad.inner.name == "gradient"
+
+
 @pytest.mark.parametrize(
     ("entries", "match"),
     [
