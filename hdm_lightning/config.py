@@ -168,8 +168,8 @@ class MethodEntry:
 class EvaluationConfig:
     """The papers' metrics (``hdm_lightning.metrics``) over every compared method's maps."""
 
-    # registered families: drop_increase | deletion_insertion | proportion | segmentation | stability (maps vs the
-    # method's own reruns) | a plugin's (imports:)
+    # registered families: drop_increase | deletion_insertion | road | proportion | pointing_game | segmentation |
+    # stability (maps vs the method's own reruns) | sanity (maps vs a randomised model / class) | a plugin's (imports:)
     metrics: list[str] = field(default_factory=list)
     batch_size: int = 64  # perturbed images per forward pass
     steps: int = 100  # deletion/insertion: 1 % of the pixels per step
