@@ -1,0 +1,52 @@
+"""benchmarks/results_table.py: docs/results.md's summary tables come from a run's tables/*.csv."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.results_table import summary_table
+from hdm_lightning.evaluation import write_tables
+
+
+def test_the_summary_shows_interval_and_a_mark_where_the_paired_test_is_below_alpha(tmp_path):
+    a = [0.1 * i for i in range(10)]
+    records = {
+        "ref": [
+            {
+                "id": str(i),
+                "status": "ok",
+                "metrics": {"deletion": v},
+                "seconds_per_image": 2.0,
+                "forward_per_image": 3.0,
+            }
+            for i, v in enumerate(a)
+        ],
+        "same": [
+            {
+                "id": str(i),
+                "status": "ok",
+                "metrics": {"deletion": v + (0.01 if i % 2 else -0.01)},
+                "seconds_per_image": 1.0,
+                "forward_per_image": 1.5,
+            }
+            for i, v in enumerate(a)
+        ],
+        "worse": [
+            {
+                "id": str(i),
+                "status": "ok",
+                "metrics": {"deletion": v + 0.5},
+                "seconds_per_image": 1.0,
+                "forward_per_image": 1.0,
+            }
+            for i, v in enumerate(a)
+        ],
+    }
+    write_tables(tmp_path, records, ["deletion_insertion"])
+    lines = summary_table(tmp_path, ["deletion", "forward_per_image"], ["del", "passes"]).splitlines()
+    assert lines[0] == "| method | images | del | passes |"
+    assert lines[2].startswith("| ref | 10 | 0.450 [") and not lines[2].endswith("* | 3 |")
+    assert lines[3].startswith("| same | 10 | 0.450 [") and "*" not in lines[3] and lines[3].endswith("| 1.500 |")
+    assert lines[4].startswith("| worse | 10 | 0.950 [") and lines[4].endswith("* | 1 |")  # p = 0.002
+    with pytest.raises(SystemExit, match="in no table"):
+        summary_table(tmp_path, ["nope"])
