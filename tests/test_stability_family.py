@@ -75,7 +75,8 @@ def test_stability_table_values_and_resume(config, tmp_path, monkeypatch):
     expected = [f"stability/{c}/{k}" for c in conditions() for k in COLUMNS]
     with open(ref / "tables" / "stability.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["method", "images", *expected]
+    stats = [f"{k}{s}" for k in expected for s in ("", "_ci_low", "_ci_high", "_p")]  # each cell: mean, CI, test
+    assert list(rows[0]) == ["method", "images", *stats]
     table = {r["method"]: r for r in rows}
     assert list(table) == ["gradcam", "dm"] and all(r["images"] == "3" for r in rows)
     assert float(table["gradcam"]["stability/noise1e-06/pearson"]) > 0.999  # deterministic, smooth in the input
