@@ -105,31 +105,41 @@ def _keep(key: str, drop: set[str]) -> bool:
     return cls is None or cls.family not in drop
 
 
-def _score_method(run: MethodRun, ctx: dict, suite: MetricSuite | None, bar: tqdm) -> int:
-    """Score one method's saved maps batch by batch (the run's batches); update ``run.records`` in memory."""
-    cfg, dataset, names, drop = ctx["cfg"], ctx["dataset"], ctx["names"], ctx["drop"]
-    n, size, scored = len(dataset), int(cfg.batch_size), 0
-    device = ctx["device"]
-    for start in range(0, n, size):
-        items, _ = load_items(dataset, range(start, min(start + size, n)))
-        items = [it for it in items if run.records.get(it.id, {}).get("status") == "ok"]
-        if not items:
-            continue
-        values = [{} for _ in items]
-        if suite is not None:
-            maps = [load_tensors(run.root / "maps" / f"{names[it.id]}.pt")["saliency"].float() for it in items]
-            images = torch.stack([it.image for it in items]).to(device)
-            targets = torch.tensor([int(run.records[it.id]["target"]) for it in items], device=device)
-            ids = [it.id for it in items]
-            values = suite.per_image(
-                images, torch.stack(maps).to(device), targets, [it.mask for it in items], run.method, ids
-            )
-        for it, new in zip(items, values, strict=True):
-            rec = run.records[it.id]
-            kept = {k: v for k, v in rec.get("metrics", {}).items() if _keep(k, drop)}
-            rec["metrics"] = {**kept, **new}
-        scored += len(items)
-        bar.update(len(items))
+def _update(rec: dict, new: dict, drop: set[str]) -> None:
+    """Replace a record's values of the families in ``drop`` by ``new`` (the others stay)."""
+    rec["metrics"] = {**{k: v for k, v in rec.get("metrics", {}).items() if _keep(k, drop)}, **new}
+
+
+def _score_batch(run: MethodRun, items: list, ctx: dict, suite: MetricSuite) -> int:
+    """Score one method's saved maps of one batch (its images with an ``ok`` record); update ``run.records``."""
+    items = [it for it in items if run.records.get(it.id, {}).get("status") == "ok"]
+    if not items:
+        return 0
+    device, names = ctx["device"], ctx["names"]
+    maps = [load_tensors(run.root / "maps" / f"{names[it.id]}.pt")["saliency"].float() for it in items]
+    images = torch.stack([it.image for it in items]).to(device)
+    targets = torch.tensor([int(run.records[it.id]["target"]) for it in items], device=device)
+    ids = [it.id for it in items]
+    values = suite.per_image(images, torch.stack(maps).to(device), targets, [it.mask for it in items], run.method, ids)
+    for it, new in zip(items, values, strict=True):
+        _update(run.records[it.id], new, ctx["drop"])
+    return len(items)
+
+
+def _score(runs: list[MethodRun], ctx: dict, suite: MetricSuite | None, bar: tqdm) -> int:
+    """Every method's saved maps in the run's batches (each batch's images read once); ``(method, image)`` pairs."""
+    if suite is None:  # nothing to compute: only the columns of families no longer listed go
+        oks = [rec for run in runs for rec in run.records.values() if rec.get("status") == "ok"]
+        for rec in oks:
+            _update(rec, {}, ctx["drop"])
+        return len(oks)
+    dataset, size, scored = ctx["dataset"], int(ctx["cfg"].batch_size), 0
+    for start in range(0, len(dataset), size):
+        items, _ = load_items(dataset, range(start, min(start + size, len(dataset))))
+        for run in runs:
+            done = _score_batch(run, items, ctx, suite)
+            scored += done
+            bar.update(done)
     return scored
 
 
@@ -159,8 +169,7 @@ def rescore(run_dir: str | Path, overrides: list[str] | None = None, everything:
     ctx = {"cfg": cfg, "dataset": dataset, "names": output_names(dataset.ids), "drop": drop, "device": device}
     summary = RescoreSummary(folder, compute)
     with tqdm(total=total, unit="map", desc="rescore", disable=not (cfg.progress and compute), file=sys.stderr) as bar:
-        for run in runs:
-            summary.images += _score_method(run, ctx, suite, bar)
+        summary.images = _score(runs, ctx, suite, bar)
     _write(folder, old, cfg, runs, dataset.ids)
     return summary
 

@@ -17,7 +17,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["agreement_keys", "map_agreement", "pearson", "rank", "spearman", "top_k_iou", "top_k_mask"]
+__all__ = [
+    "agreement_keys",
+    "map_agreement",
+    "pearson",
+    "rank",
+    "row_totals",
+    "spearman",
+    "top_k_iou",
+    "top_k_mask",
+]
 
 
 def _flat(maps: Tensor) -> Tensor:
@@ -120,3 +129,15 @@ def map_agreement(a: Tensor, b: Tensor, top_k: Sequence[float] = (0.05, 0.2)) ->
     for k in top_k:
         out[f"iou{_percent(k)}"] = top_k_iou(a, b, k)
     return out
+
+
+def row_totals(values: Tensor, row: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """What one batch adds to ``[rows, K]`` sum/count states at ``row``: sums of the finite ``values [B, K]``, counts.
+
+    Both are zeros shaped and placed like ``like`` except row ``row``; a NaN (an undefined score) adds to neither.
+    """
+    finite = torch.isfinite(values)
+    total, count = torch.zeros_like(like), torch.zeros_like(like)
+    total[row] = torch.where(finite, values, 0.0).sum(0).to(total.device)
+    count[row] = finite.sum(0).double().to(count.device)
+    return total, count

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from hdm_lightning.core import model_device_dtype, preserved
-from hdm_lightning.metrics.agreement import agreement_keys, spearman, top_k_iou
+from hdm_lightning.metrics.agreement import agreement_keys, row_totals, spearman, top_k_iou
 from hdm_lightning.metrics.base import SaliencyMetric
 from hdm_lightning.metrics.family import register_metric
 from hdm_lightning.metrics.randomisation import (
@@ -269,11 +269,7 @@ class SanityChecks(SaliencyMetric):
                 raise ValueError(f"unknown sanity point {row!r}: this metric was built for {self.rows}")
             scores = map_similarity(reference_maps, other.to(reference_maps.device), self.top_k)
             values = torch.stack([scores[c] for c in self.similarity_columns], 1)  # [B, K]
-            finite = torch.isfinite(values)
-            j = self.rows.index(row)
-            total, count = torch.zeros_like(self.similarity_sum), torch.zeros_like(self.count)
-            total[j] = torch.where(finite, values, 0.0).sum(0).to(total.device)
-            count[j] = finite.sum(0).double().to(count.device)
+            total, count = row_totals(values, self.rows.index(row), self.similarity_sum)
             self.similarity_sum = self.similarity_sum + total
             self.count = self.count + count
             for k, column in enumerate(self.similarity_columns):

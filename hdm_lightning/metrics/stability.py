@@ -29,7 +29,15 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from hdm_lightning.metrics.agreement import agreement_keys, map_agreement, pearson, rank, spearman, top_k_iou
+from hdm_lightning.metrics.agreement import (
+    agreement_keys,
+    map_agreement,
+    pearson,
+    rank,
+    row_totals,
+    spearman,
+    top_k_iou,
+)
 from hdm_lightning.metrics.family import MetricFamily, register_metric
 
 __all__ = [
@@ -301,11 +309,7 @@ class MapStability(MetricFamily, Metric):
             raise ValueError(f"maps must be [B, 1, H, W], got {tuple(reference_maps.shape)}")
         scores = map_agreement(reference_maps, other_maps, self.top_k)
         values = torch.stack([scores[c] for c in self.agreement_columns], 1)  # [B, K]
-        finite = torch.isfinite(values)
-        j = self.conditions.index(condition)
-        total, count = torch.zeros_like(self.agreement_sum), torch.zeros_like(self.count)
-        total[j] = torch.where(finite, values, 0.0).sum(0).to(total.device)
-        count[j] = finite.sum(0).double().to(count.device)
+        total, count = row_totals(values, self.conditions.index(condition), self.agreement_sum)
         self.agreement_sum = self.agreement_sum + total
         self.count = self.count + count
         for k, column in enumerate(self.agreement_columns):
