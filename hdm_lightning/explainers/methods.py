@@ -23,6 +23,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from hdm_lightning.allocator import retain_freed_memory
 from hdm_lightning.callbacks.checkpoint import WorkStore
 from hdm_lightning.config import DMConfig, HDMConfig, MDMConfig, method_config
 from hdm_lightning.contract import METHODS, Attribution, RunContext, SaliencyMethod, build_method, register_method
@@ -105,6 +106,8 @@ class _MaskMethod(SaliencyMethod):
                 the same maps.
         """
         check_images(images)
+        if self.cfg.engine.retain_memory:
+            retain_freed_memory()
         context = context or RunContext()
         device, dtype = model_device_dtype(self.model)
         x = images.detach().to(device=device, dtype=dtype)

@@ -37,6 +37,7 @@ NON_RESULT_KEYS = (
     "explainer.engine.checkpoint_every_n_steps",
     "explainer.engine.checkpoint_every_n_seconds",
     "explainer.engine.max_rows",
+    "explainer.engine.retain_memory",
     "evaluation.gallery",
     "evaluation.reference",
     "evaluation.ci_level",
