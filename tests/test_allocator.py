@@ -1,4 +1,4 @@
-"""The allocator fix keeps freed memory in the process: a freed large tensor's pages are reused, not faulted in again."""
+"""The allocator fix keeps freed memory in the process: a freed large tensor is reused, not faulted in again."""
 
 from __future__ import annotations
 
