@@ -158,8 +158,9 @@ class _MaskMethod(SaliencyMethod):
                 stacklevel=3,
             )
         expected = out.passes_per_image * batch
-        # A call that continues checkpointed work legitimately spends fewer passes than it reports.
-        if counter.backward != expected and not resumed:
+        # A call that continues checkpointed work legitimately spends fewer passes than it reports; with the
+        # per-row stop the images' passes differ and the per-image figure is the mean, rounded down.
+        if counter.backward // batch != out.passes_per_image and not resumed:
             warnings.warn(
                 f"{self.name}: counted {counter.backward} backward samples but the explanation reports "
                 f"{out.passes_per_image} per image x {batch} images = {expected}",

@@ -26,6 +26,10 @@ __all__ = ["MaskStageModule", "MixingModule"]
 class MaskStageModule(_FrozenClassifierFit):
     """Trains every vector of one :class:`Stage` for every image of a batch, together.
 
+    With ``early_stop``, a row that has stopped keeps its values and leaves the forward/backward passes at the
+    next check (every :attr:`check_every` steps): the passes it no longer needs are not spent, and ``passes``
+    counts the rows actually run.
+
     Args:
         classifier: frozen classifier (eval mode, ``requires_grad`` off).
         selector: resolved :class:`~hdm_lightning.explainers.selectors.ActivationSelector`.
@@ -80,6 +84,7 @@ class MaskStageModule(_FrozenClassifierFit):
             self._since = torch.zeros((n, b), dtype=torch.long, device=dev)
             self._active = torch.ones((n, b), dtype=torch.bool, device=dev)
             self._frozen = [p.detach().clone() for p in self.masks]
+        self._rows: dict[tuple[int, int, int, int], Tensor | None] = {}  # rows still run per chunk (None: all)
 
     @staticmethod
     def _plan_chunks(n: int, b: int, max_rows: int | None) -> list[tuple[int, int, int, int]]:
@@ -115,28 +120,50 @@ class MaskStageModule(_FrozenClassifierFit):
             reg = l1_mean(upsample(p, h, w, self.upsample_mode))
         return m, reg[:, 0]
 
-    def chunk_losses(self, v0: int, v1: int, b0: int, b1: int) -> Tensor:
-        """Per-row losses ``[v1 - v0, b1 - b0]`` for one rectangle of rows."""
+    def chunk_losses(self, v0: int, v1: int, b0: int, b1: int, rows: Tensor | None = None) -> Tensor:
+        """Per-row losses ``[v1 - v0, b1 - b0]`` for one rectangle of rows; only ``rows`` (flat indices) if given."""
         ms, regs = zip(*(self.vector_mask(i, self.masks[i][b0:b1], b0, b1) for i in range(v0, v1)), strict=True)
         m = torch.stack(ms)  # [nv, nb, 1, H, W]
         x = (m * self.images[b0:b1].unsqueeze(0)).flatten(0, 1)
         targets = self.selector.targets[b0:b1].repeat(v1 - v0) if self.selector.fn is None else None
-        act = self._forward_rows(x, targets).view(v1 - v0, b1 - b0)
-        j = (act - self.reference[v0:v1, b0:b1]) ** 2
-        return self._wc[v0:v1, None] * j + self._wr[v0:v1, None] * torch.stack(regs).to(j.dtype)
+        shape = (v1 - v0, b1 - b0)
+        ref, reg = self.reference[v0:v1, b0:b1], torch.stack(regs)
+        wc, wr = self._wc[v0:v1, None].expand(shape), self._wr[v0:v1, None].expand(shape)
+        if rows is not None:
+            x, ref, reg, wc, wr = (
+                x[rows],
+                ref.flatten()[rows],
+                reg.flatten()[rows],
+                wc.flatten()[rows],
+                wr.flatten()[rows],
+            )
+            targets = None if targets is None else targets[rows]
+        act = self._forward_rows(x, targets).view(ref.shape)
+        j = (act - ref) ** 2
+        return wc * j + wr * reg.to(j.dtype)
 
     def training_step(self, batch, batch_idx):  # noqa: D102
         self.in_step = True
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
         step = self._step
-        total = 0.0
-        for v0, v1, b0, b1 in self._chunks:
-            losses = self.chunk_losses(v0, v1, b0, b1)
+        for chunk in self._chunks:
+            v0, v1, b0, b1 = chunk
+            rows = self._rows.get(chunk)
+            block = self.history[step, v0:v1, b0:b1]
+            if rows is not None:  # stopped rows keep their last loss and cost no passes
+                block.copy_(self.history[step - 1, v0:v1, b0:b1])
+                if rows.numel() == 0:
+                    continue
+            losses = self.chunk_losses(v0, v1, b0, b1, rows)
             self.manual_backward(losses.sum())
-            self.history[step, v0:v1, b0:b1] = losses.detach()
-            total = total + losses.detach().sum()
-            self.passes += (v1 - v0) * (b1 - b0)
+            if rows is None:
+                block.copy_(losses.detach())
+            else:
+                nb = b1 - b0
+                block[rows // nb, rows % nb] = losses.detach()
+            self.passes += losses.numel()
+        total = self.history[step].sum()
         self._optimizer_step(opt)
         with torch.no_grad():
             for p in self.masks:
@@ -157,6 +184,16 @@ class MaskStageModule(_FrozenClassifierFit):
         if self.early is not None:
             self._best, self._since, self._active = extra["best"], extra["since"], extra["active"]
             self._frozen = list(extra["frozen"])
+            self._refresh_rows()
+
+    def _refresh_rows(self) -> None:
+        """Which rows of each chunk still run (reads ``_active``: a device sync, so only every few steps)."""
+        self._rows = {}
+        for chunk in self._chunks:
+            v0, v1, b0, b1 = chunk
+            active = self._active[v0:v1, b0:b1].flatten()
+            if not bool(active.all()):
+                self._rows[chunk] = active.nonzero().squeeze(1)
 
     def _early_stop_update(self, step: int) -> None:
         cur = self.history[step]
@@ -172,10 +209,13 @@ class MaskStageModule(_FrozenClassifierFit):
             for i, p in enumerate(self.masks):
                 self._frozen[i] = torch.where(newly[i].view(-1, 1, 1, 1), p, self._frozen[i])
             self._active = self._active & ~newly
-        if (step + 1) % self.check_every == 0 and not bool(self._active.any()):
-            self.history[step + 1 :] = self.history[step]
-            self._stopped_early = True
-            self.trainer.should_stop = True
+        if (step + 1) % self.check_every == 0:
+            if not bool(self._active.any()):
+                self.history[step + 1 :] = self.history[step]
+                self._stopped_early = True
+                self.trainer.should_stop = True
+            else:
+                self._refresh_rows()
 
     @torch.no_grad()
     def final_activations(self) -> Tensor:

@@ -1,5 +1,7 @@
 """The batched engine equals the one-vector-at-a-time reference (tests/reference.py)."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -115,6 +117,13 @@ def test_early_stop_rows_stop_independently(images):
     assert torch.allclose(out.saliency, ref["saliency"], atol=TOL, rtol=0)
     full = reference_dm(model, images, **params)  # without early stop the vectors end elsewhere
     assert _max_diff(full["vectors"], ref["vectors"]) > 1e-3
+    # Stopped rows leave the passes at the next check (every 25 steps): fewer passes, and the count is honest.
+    no_stop = hl.explain(model, images, "dm", config=_cfg("paper", schedule={"params": params}))
+    assert out.passes_per_image < no_stop.passes_per_image
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # "counted N backward samples but ... reports M"
+        attribution = hl.build_method("dm", model, {"config": cfg}).explain(images)
+    assert attribution.backward_passes // images.shape[0] == attribution.explanation.passes_per_image
 
 
 def test_float32_within_tolerance():
