@@ -27,7 +27,8 @@ class MaskStageModule(_FrozenClassifierFit):
     """Trains every vector of one :class:`Stage` for every image of a batch, together.
 
     With ``early_stop``, a row that has stopped keeps its values and leaves the forward/backward passes at the
-    next check (every :attr:`check_every` steps): the passes it no longer needs are not spent, and ``passes``
+    next check (every step on a CPU, where reading the flags costs nothing; every :attr:`check_every` steps on an
+    accelerator, where it waits for the device): the passes it no longer needs are not spent, and ``passes``
     counts the rows actually run.
 
     Args:
@@ -209,7 +210,8 @@ class MaskStageModule(_FrozenClassifierFit):
             for i, p in enumerate(self.masks):
                 self._frozen[i] = torch.where(newly[i].view(-1, 1, 1, 1), p, self._frozen[i])
             self._active = self._active & ~newly
-        if (step + 1) % self.check_every == 0:
+        every = 1 if self.images.device.type == "cpu" else self.check_every
+        if (step + 1) % every == 0:
             if not bool(self._active.any()):
                 self.history[step + 1 :] = self.history[step]
                 self._stopped_early = True

@@ -117,7 +117,7 @@ def test_early_stop_rows_stop_independently(images):
     assert torch.allclose(out.saliency, ref["saliency"], atol=TOL, rtol=0)
     full = reference_dm(model, images, **params)  # without early stop the vectors end elsewhere
     assert _max_diff(full["vectors"], ref["vectors"]) > 1e-3
-    # Stopped rows leave the passes at the next check (every 25 steps): fewer passes, and the count is honest.
+    # Stopped rows leave the passes at the next check: fewer passes, and the count is honest.
     no_stop = hl.explain(model, images, "dm", config=_cfg("paper", schedule={"params": params}))
     assert out.passes_per_image < no_stop.passes_per_image
     with warnings.catch_warnings():
