@@ -38,7 +38,8 @@ class EarlyStopConfig:
     """Stop a (vector, image) row once its loss has not improved for ``patience`` steps.
 
     The MDM authors' code used patience 200 after at least 2000 steps. Rows stop independently,
-    so batched training still equals training each vector alone.
+    so batched training still equals training each vector alone, and a stopped row costs no more
+    forward/backward passes (``passes`` counts the rows run).
     """
 
     enabled: bool = False  # stop each (vector, image) row on its own loss plateau
