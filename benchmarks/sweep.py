@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from hdm_lightning.io import atomic_path, atomic_write_text, load_tensors
 from hdm_lightning.metrics.agreement import pearson
@@ -89,6 +90,17 @@ def _records(folder: Path) -> dict[str, dict[str, dict]]:
     return out
 
 
+def _method_names(folder: Path, labels: list[str]) -> dict[str, str]:
+    """The registered method of each label, from the run's ``config.yaml`` (``methods: [{name, label}]``)."""
+    names = {label: label for label in labels}
+    saved = folder / "config.yaml"
+    if saved.is_file():
+        for entry in OmegaConf.to_container(OmegaConf.load(saved)).get("methods") or []:
+            if isinstance(entry, dict) and "name" in entry:
+                names[str(entry.get("label") or entry["name"])] = str(entry["name"])
+    return names
+
+
 def _map(folder: Path, label: str, record: dict) -> torch.Tensor:
     return load_tensors(folder / "methods" / label / record["map"])["saliency"].float().reshape(1, -1)
 
@@ -112,21 +124,22 @@ def paired_sweep(folder: Path, references: list[str], metrics: list[str], seed: 
         ValueError: no method folder labelled as a reference, or two references of one method.
     """
     recs = _records(folder)
+    method_of = _method_names(folder, list(recs))
     ref_of: dict[str, str] = {}
     for ref in references:
         if ref not in recs or not recs[ref]:
             raise ValueError(
                 f"no finished method labelled {ref!r} in {folder / 'methods'}: the labels are {sorted(recs)}"
             )
-        method = next(iter(recs[ref].values()))["method"]
+        method = method_of[ref]
         if method in ref_of:
             raise ValueError(f"two references of method {method!r}: {ref_of[method]!r} and {ref!r}")
         ref_of[method] = ref
     rows = []
     for label, by_id in recs.items():
-        if not by_id or next(iter(by_id.values()))["method"] not in ref_of:
+        if not by_id or method_of[label] not in ref_of:
             continue
-        ref = ref_of[next(iter(by_id.values()))["method"]]
+        ref = ref_of[method_of[label]]
         ids = [i for i in recs[ref] if i in by_id]
         row = {"method": label, "reference": ref, "images": len(ids)}
         row["passes"] = sum(float(by_id[i]["passes"]) for i in ids) / max(len(ids), 1)

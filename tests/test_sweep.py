@@ -55,7 +55,7 @@ def _method(folder, label, method, maps, metrics, passes):
     (root / "maps").mkdir()
     for i, (m, values) in enumerate(zip(maps, metrics, strict=True)):
         torch.save({"saliency": m}, root / "maps" / f"im{i}.pt")
-        rec = {"id": f"im{i}", "method": method, "status": "ok", "passes": passes, "map": f"maps/im{i}.pt"}
+        rec = {"id": f"im{i}", "method": label, "status": "ok", "passes": passes, "map": f"maps/im{i}.pt"}
         (root / "records" / f"im{i}.json").write_text(json.dumps({**rec, "metrics": values}))
 
 
@@ -77,6 +77,9 @@ def test_paired_sweep_flags_worse_quality_and_maps_beyond_the_round_off_toleranc
     _method(tmp_path, "moved", "hdm", other, [{"insertion": v} for v in ins], 2840)
     _method(tmp_path, "m_fast", "mdm", maps, base, 720)
     _method(tmp_path, "gradcam", "gradcam", maps, base, 1)
+    entries = [("fast", "hdm"), ("cheap", "hdm"), ("worse", "hdm"), ("moved", "hdm"), ("m_fast", "mdm")]
+    methods = "".join(f"  - {{name: {n}, label: {lb}}}\n" for lb, n in entries)
+    (tmp_path / "config.yaml").write_text(f"methods:\n{methods}  - {{name: gradcam}}\n")  # records name labels
     rows = {r["method"]: r for r in paired_sweep(tmp_path, ["fast", "m_fast"], ["insertion"])}
     assert set(rows) == {"fast", "cheap", "worse", "moved", "m_fast"}  # gradcam has no reference: left out
     assert rows["cheap"]["holds"] and rows["cheap"]["within_tolerance"]
