@@ -23,6 +23,7 @@ __all__ = ["read_cells", "summary_table"]
 SUFFIXES = {"mean": "", "low": "_ci_low", "high": "_ci_high", "p": "_p"}
 # cost columns: a batch's time shared by its images, so an interval over images says little; shown as the mean
 COST = ("seconds_per_image", "forward_per_image", "backward_per_image")
+DERIVED = ("quality_vs_compute.csv", "sweep_paired.csv")  # benchmarks.sweep's tables, made from the others
 
 
 def _num(row: dict[str, str], key: str) -> float:
@@ -35,6 +36,8 @@ def read_cells(run_dir: Path) -> tuple[dict[str, dict[str, dict[str, float]]], d
     cells: dict[str, dict[str, dict[str, float]]] = {}
     images: dict[str, str] = {}
     for path in sorted((run_dir / "tables").glob("*.csv")):
+        if path.name in DERIVED:
+            continue
         with open(path) as f:
             rows = list(csv.DictReader(f))
         for row in rows:
