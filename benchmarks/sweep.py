@@ -135,6 +135,7 @@ def paired_sweep(folder: Path, references: list[str], metrics: list[str], seed: 
         if method in ref_of:
             raise ValueError(f"two references of method {method!r}: {ref_of[method]!r} and {ref!r}")
         ref_of[method] = ref
+    ref_maps = {ref: {i: _map(folder, ref, r) for i, r in recs[ref].items()} for ref in ref_of.values()}
     rows = []
     for label, by_id in recs.items():
         if not by_id or method_of[label] not in ref_of:
@@ -156,7 +157,7 @@ def paired_sweep(folder: Path, references: list[str], metrics: list[str], seed: 
                 worse = row[f"{m}_diff_high"] < 0 if up else row[f"{m}_diff_low"] > 0
                 holds = holds and not worse
         row["holds"] = holds
-        agree = [float(pearson(_map(folder, label, by_id[i]), _map(folder, ref, recs[ref][i]))[0]) for i in ids]
+        agree = [float(pearson(_map(folder, label, by_id[i]), ref_maps[ref][i])[0]) for i in ids]
         row["agreement"], row["agreement_low"], row["agreement_high"] = _interval(agree, seed)
         own = [recs[ref][i]["metrics"].get(STABILITY_KEY) for i in ids]
         row["tolerance"] = _interval(own, seed)[1] if any(v is not None for v in own) else float("nan")
@@ -190,17 +191,22 @@ def _paired_markdown(rows: list[dict], metrics: list[str]) -> list[str]:
     return md
 
 
+def _write_csv(rows: list[dict], path: Path) -> None:
+    """``rows`` as a CSV (columns: the first row's keys), written atomically."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(buf.getvalue(), path)
+
+
 def _paired_main(args: argparse.Namespace) -> int:
     try:
         rows = paired_sweep(args.folder, args.reference, args.metrics)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(buf.getvalue(), args.folder / "tables" / "sweep_paired.csv")
+    _write_csv(rows, args.folder / "tables" / "sweep_paired.csv")
     md = _paired_markdown(rows, args.metrics)
     atomic_write_text("\n".join(md) + "\n", args.folder / "tables" / "sweep_paired.md")
     print("\n".join(md))
@@ -235,11 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(buf.getvalue(), args.folder / "tables" / "quality_vs_compute.csv")
+    _write_csv(rows, args.folder / "tables" / "quality_vs_compute.csv")
     md = ["| variant | passes/image | s/image | insertion ↑ | deletion ↓ |", "| --- | ---: | ---: | ---: | ---: |"]
     for r in rows:
         mark = (

@@ -131,14 +131,8 @@ class MaskStageModule(_FrozenClassifierFit):
         ref, reg = self.reference[v0:v1, b0:b1], torch.stack(regs)
         wc, wr = self._wc[v0:v1, None].expand(shape), self._wr[v0:v1, None].expand(shape)
         if rows is not None:
-            x, ref, reg, wc, wr = (
-                x[rows],
-                ref.flatten()[rows],
-                reg.flatten()[rows],
-                wc.flatten()[rows],
-                wr.flatten()[rows],
-            )
-            targets = None if targets is None else targets[rows]
+            x, targets = x[rows], None if targets is None else targets[rows]
+            ref, reg, wc, wr = (t.reshape(-1)[rows] for t in (ref, reg, wc, wr))
         act = self._forward_rows(x, targets).view(ref.shape)
         j = (act - ref) ** 2
         return wc * j + wr * reg.to(j.dtype)
