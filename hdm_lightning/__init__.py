@@ -4,6 +4,7 @@ Every saliency method (DM, HDM, MDM and the baselines) is one registered :class:
 (:mod:`hdm_lightning.contract`); importing the package registers them all.
 """
 
+from hdm_lightning import amortised as _amortised  # noqa: F401  (registers amortised)
 from hdm_lightning import baselines as _baselines  # noqa: F401  (registers the baselines)
 from hdm_lightning.config import method_config
 from hdm_lightning.contract import (

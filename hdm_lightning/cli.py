@@ -1,4 +1,4 @@
-"""Command-line entry points: ``explain.py`` and ``train_classifier.py``.
+"""Command-line entry points: ``explain.py``, ``train_classifier.py`` and ``train_explainer.py``.
 
 Errors a user can fix (config, data, classifier, device) print one ``error: ...`` line naming the
 problem and the fix, and exit with status 2; anything else is a bug and keeps its traceback.
@@ -11,13 +11,14 @@ import sys
 
 from lightning.pytorch.utilities import rank_zero_only
 
+from hdm_lightning.amortised.train import load_explainer_config, run_explainer
 from hdm_lightning.config import ConfigError, load_run_config
 from hdm_lightning.distributed import launch
 from hdm_lightning.runner import run_explain
 from hdm_lightning.train import run_training
 from hdm_lightning.train_config import load_train_config
 
-__all__ = ["explain_main", "train_classifier_main"]
+__all__ = ["explain_main", "train_classifier_main", "train_explainer_main"]
 
 # Raised by our own checks with a message meant for the user (DatasetError, ImageReadError and
 # ConfigError are ValueErrors; the registries raise KeyError listing the valid names).
@@ -92,3 +93,19 @@ def train_classifier_main(argv: list[str] | None = None) -> int:
         return summary if rank_zero_only.rank == 0 else None  # one summary line, from rank 0
 
     return _main(ap.parse_args(argv), load_train_config, run)
+
+
+def train_explainer_main(argv: list[str] | None = None) -> int:
+    """``python train_explainer.py --config <yaml> [key=value ...]``; returns the process exit status."""
+    ap = _parser(
+        "train_explainer.py",
+        "Train an amortised explainer: a network that predicts DM's mask vectors for a classifier in one pass.",
+        "Example: train_explainer.py --config configs/explainer/synthetic.yaml trainer.max_epochs=5",
+        "configs/explainer/*.yaml",
+    )
+
+    def run(cfg):
+        summary = run_explainer(cfg)
+        return summary if rank_zero_only.rank == 0 else None  # one summary line, from rank 0
+
+    return _main(ap.parse_args(argv), load_explainer_config, run)

@@ -98,6 +98,10 @@ class DMConfig:
     aux_reference: str = "original"  # 'original' (Eq. 8) or 'previous' (Alg. 1 line 19)
     upsample: str = "bilinear"  # g: 'bilinear' (align_corners=False) or 'nearest'
     tau: float = 0.5  # initial mask value
+    # tau: every vector starts at tau (the papers) | amortised: the benchmark vectors start at a trained predictor's
+    # output for the image (train_explainer.py), then the fits run the schedule's steps
+    init: str = "tau"
+    init_checkpoint: str | None = None  # init amortised: the explainer.pt that train_explainer.py wrote
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     optim: MaskOptimConfig = field(default_factory=MaskOptimConfig)  # mask optimiser: the papers' | stable
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -132,6 +136,20 @@ class MDMConfig:
     # With dynamics: stable, MDM keeps eps_relative 30 (300 moves its masks even less in short fits).
     optim: MaskOptimConfig = field(default_factory=lambda: MaskOptimConfig(eps_relative=30.0))
     engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+INITS = ("tau", "amortised")
+
+
+def check_init(init: str, checkpoint: str | None) -> None:
+    """``init`` is ``tau`` or ``amortised``, and ``amortised`` names its ``init_checkpoint``."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {list(INITS)}, got {init!r}")
+    if init == "amortised" and not checkpoint:
+        raise ValueError(
+            "init: amortised needs init_checkpoint: <explainer.pt written by train_explainer.py> "
+            "(python train_explainer.py --config configs/explainer/synthetic.yaml)"
+        )
 
 
 METHOD_CONFIGS: dict[str, type] = {}

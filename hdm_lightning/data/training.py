@@ -10,6 +10,7 @@ cannot be read is left out of its batch with a warning, not a crash hours into t
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from hdm_lightning.data.images import ImageReadError
@@ -26,7 +27,7 @@ from hdm_lightning.data.kinds import build_dataset
 from hdm_lightning.data.selection import DatasetSubset, select
 from hdm_lightning.models.preprocess import Preprocess
 
-__all__ = ["ClassifierDataModule", "augmentation"]
+__all__ = ["ClassifierDataModule", "EpochSeededSampler", "augmentation"]
 
 
 def augmentation(kind: str, size: int) -> v2.Transform | None:
@@ -56,6 +57,40 @@ class _Labelled(Dataset):
             return None
         x = item.image if self.transform is None else self.transform(item.image)
         return x, item.label
+
+
+class _EpochSeeded(_Labelled):
+    """:class:`_Labelled` keyed by ``(index, epoch)``: each image's augmentation is drawn from its own seed."""
+
+    def __init__(self, items: ItemDataset, transform: v2.Transform | None, seed: int) -> None:
+        super().__init__(items, transform)
+        self.seed = seed
+
+    def __getitem__(self, key):
+        i, epoch = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_003 + i) % 2**63)
+            return super().__getitem__(i)
+
+
+class EpochSeededSampler(Sampler):
+    """A shuffle drawn from ``(seed, epoch)`` that hands each index to the dataset with its epoch.
+
+    The epoch is read when an epoch's iterator starts (``epoch()``, e.g. the trainer's ``current_epoch``), not from
+    a counter the loop sets later, so the first epoch after a resume sees the order (and, through
+    :class:`_EpochSeeded`, the augmentation) that an uninterrupted run saw. Nothing here draws from the global RNG.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: Callable[[], int]) -> None:
+        self.n, self.seed, self.epoch = n, seed, epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        epoch = int(self.epoch())
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
+        return iter([(i, epoch) for i in torch.randperm(self.n, generator=g).tolist()])
 
 
 def _collate(batch: list) -> tuple[Tensor, Tensor]:
@@ -91,6 +126,8 @@ class ClassifierDataModule(L.LightningDataModule):
         seed: seed of that split.
         num_workers: DataLoader workers.
         val_limit: validate on the first ``val_limit`` images only (``None``: all).
+        epoch_seeded: shuffle and augment each epoch from ``(seed, epoch)`` alone (:class:`EpochSeededSampler`), so
+            a resumed run trains on exactly the batches an uninterrupted one does.
 
     Raises:
         DatasetError: a dataset without labels (photos, image + mask pairs, a flat folder), a validation
@@ -109,9 +146,11 @@ class ClassifierDataModule(L.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         val_limit: int | None = None,
+        epoch_seeded: bool = False,
     ) -> None:
         super().__init__()
         self.data, self.preprocess = data, preprocess
+        self.seed, self.epoch_seeded = int(seed), bool(epoch_seeded)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.augment = augmentation(augment, preprocess.size)
         self.train_set, self.val_set = self._build(train_split, val_split, val_fraction, seed)
@@ -155,11 +194,20 @@ class ClassifierDataModule(L.LightningDataModule):
         """The classes, in label order."""
         return list(self.train_set.class_names)
 
+    def _epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.current_epoch) if trainer is not None else 0
+
     def train_dataloader(self) -> DataLoader:  # noqa: D102
+        if self.epoch_seeded:
+            data = _EpochSeeded(self.train_set, self.augment, self.seed)
+            order = {"sampler": EpochSeededSampler(len(self.train_set), self.seed, self._epoch)}
+        else:
+            data, order = _Labelled(self.train_set, self.augment), {"shuffle": True}
         return DataLoader(
-            _Labelled(self.train_set, self.augment),
+            data,
             batch_size=self.batch_size,
-            shuffle=True,
+            **order,
             drop_last=len(self.train_set) > self.batch_size,
             num_workers=self.num_workers,
             collate_fn=_collate,

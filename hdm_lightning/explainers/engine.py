@@ -71,6 +71,7 @@ def train_schedule(
     early_stop: EarlyStop | None,
     settings: FitSettings,
     prefix: str,
+    initial: dict[str, Tensor] | None = None,
 ) -> ScheduleOutcome:
     """Train every stage of ``schedule`` on ``images`` (one fit per stage).
 
@@ -87,6 +88,8 @@ def train_schedule(
         early_stop: optional per-row plateau stop.
         settings: device, precision, chunking, logger and callbacks.
         prefix: log-key prefix (``"dm1"``).
+        initial: starting values of vectors without ``init_from`` by name (``init: amortised``: a predictor's
+            benchmark vectors), clamped to [0, 1]; the others start at ``tau``.
     """
     if aux_reference not in AUX_REFERENCES:
         raise ValueError(f"aux_reference must be one of {list(AUX_REFERENCES)}, got {aux_reference!r}")
@@ -96,6 +99,7 @@ def train_schedule(
     plan = schedule.plan(h, w)
     validate_plan(plan, h, w)
     run = _ScheduleRun(classifier, selector, images, reference, tau, upsample_mode, aux_reference, early_stop, settings)
+    run.initial = dict(initial or {})
     history: dict[str, Tensor] = {}
     names: dict[str, list[str]] = {}
     passes = 0
@@ -128,6 +132,7 @@ class _ScheduleRun:
     early_stop: EarlyStop | None
     settings: FitSettings
     trained: dict[str, Tensor] = field(default_factory=dict)
+    initial: dict[str, Tensor] = field(default_factory=dict)
     final_act: dict[str, Tensor] = field(default_factory=dict)
 
     def inputs(self, stage: Stage) -> tuple[list[Tensor], list[Tensor | None], Tensor]:
@@ -138,6 +143,8 @@ class _ScheduleRun:
             a, bb = v.size
             if v.init_from is not None:
                 init.append(upsample(self.trained[v.init_from], a, bb, self.upsample_mode).clamp(0.0, 1.0))
+            elif v.name in self.initial:
+                init.append(self.initial[v.name].to(self.images).clamp(0.0, 1.0))
             else:
                 init.append(
                     torch.full((b, 1, a, bb), float(self.tau), dtype=self.images.dtype, device=self.images.device)

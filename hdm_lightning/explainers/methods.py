@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from hdm_lightning.allocator import retain_freed_memory
+from hdm_lightning.amortised import explainer as amortised_explainer
 from hdm_lightning.callbacks.checkpoint import WorkStore
 from hdm_lightning.config import DMConfig, HDMConfig, MDMConfig, method_config
 from hdm_lightning.contract import METHODS, Attribution, RunContext, SaliencyMethod, build_method, register_method
@@ -42,6 +43,7 @@ from hdm_lightning.masks.ops import (
     hierarchical_masked_image,
     mdm_combine_threshold,
 )
+from hdm_lightning.method_config import check_init
 from hdm_lightning.schedules.base import build_schedule
 
 __all__ = ["DM", "HDM", "MDM", "explain", "mask_optim"]
@@ -78,6 +80,7 @@ class _MaskMethod(SaliencyMethod):
         self.config = config
         self.cfg = method_config(self.name, config)
         self.threshold, self.schedule, self.early, self.optim = self.check_config(self.cfg)
+        self.initializer = self._initializer(self.cfg)
 
     @classmethod
     def check_config(cls, cfg) -> tuple[Threshold, object, EarlyStop | None, MaskOptim]:
@@ -91,7 +94,14 @@ class _MaskMethod(SaliencyMethod):
         schedule = build_schedule(cfg.schedule.name, OmegaConf.to_container(cfg.schedule.params))
         es = cfg.early_stop
         early = EarlyStop(es.min_steps, es.patience, es.min_delta) if es.enabled else None
+        check_init(cfg.get("init", "tau"), cfg.get("init_checkpoint"))
         return threshold, schedule, early, mask_optim(cfg.optim)
+
+    def _initializer(self, cfg):
+        """The amortised explainer whose vectors start the fits (``init: amortised``), else ``None``."""
+        if cfg.get("init", "tau") != "amortised":
+            return None
+        return amortised_explainer.initializer(cfg, self.schedule, self.name)
 
     def explain(self, images: Tensor, target: Target = None, context: RunContext | None = None) -> Attribution:
         """Explain the model's decision on ``images`` (``[B, C, H, W]``, normalised as it expects).
@@ -179,11 +189,19 @@ class _MaskMethod(SaliencyMethod):
         with torch.no_grad():  # weights summarised cheaply: shapes and float64 sums per tensor
             for name, t in self.model.state_dict().items():
                 h.update(f"{name}{tuple(t.shape)}{t.double().sum().item() if t.numel() else 0.0!r}".encode())
+            if self.initializer is not None:  # init: amortised: the predictor's weights, not only its file name
+                for t in self.initializer.predictor.state_dict().values():
+                    h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
 
     def _dm_run(self, selector, x: Tensor, settings: FitSettings, prefix: str) -> tuple[StageResult, int]:
         """One DM/MDM run ``Q(x)``: train the schedule on ``x`` against ``f_p(x)``."""
         reference = selector.evaluate(x)
+        initial = None
+        if self.initializer is not None:  # init: amortised: one forward pass predicts the benchmark vectors
+            if selector.fn is not None:
+                raise ValueError("init: amortised explains classes: pass class targets, not a callable selector")
+            initial, _ = self.initializer.predict(self.model, x, selector.targets)
         outcome = train_schedule(
             self.model,
             selector,
@@ -196,6 +214,7 @@ class _MaskMethod(SaliencyMethod):
             early_stop=self.early,
             settings=settings,
             prefix=prefix,
+            initial=initial,
         )
         h, w = x.shape[-2:]
         mc = combine(outcome, h, w, self.cfg.upsample)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from hdm_lightning.explainers.fit import EarlyStop, _FrozenClassifierFit, loss_dtype
 from hdm_lightning.explainers.optim import MaskOptim, build_optimizer
-from hdm_lightning.masks.ops import l1_mean, mix_maps, upsample
+from hdm_lightning.masks.ops import dm_row_loss, l1_mean, mix_maps, vector_mask
 from hdm_lightning.schedules.base import MaskVector, Stage
 
 __all__ = ["MaskStageModule", "MixingModule"]
@@ -108,18 +108,10 @@ class MaskStageModule(_FrozenClassifierFit):
 
     def vector_mask(self, idx: int, p: Tensor, b0: int, b1: int) -> tuple[Tensor, Tensor]:
         """Applied mask ``[nb, 1, H, W]`` and ``L_R`` term ``[nb]`` of vector ``idx`` (Eq. 6 / Eq. 8)."""
-        v = self.vectors[idx]
         h, w = self.images.shape[-2:]
         guide = self.guides[idx]
-        gated = p if guide is None else p * guide[b0:b1]
-        m = upsample(gated, h, w, self.upsample_mode)
-        if v.reg_on == "vector":
-            reg = l1_mean(p)
-        elif guide is None:
-            reg = l1_mean(m)
-        else:
-            reg = l1_mean(upsample(p, h, w, self.upsample_mode))
-        return m, reg[:, 0]
+        guide = None if guide is None else guide[b0:b1]
+        return vector_mask(p, guide, h, w, self.vectors[idx].reg_on, self.upsample_mode)
 
     def chunk_losses(self, v0: int, v1: int, b0: int, b1: int, rows: Tensor | None = None) -> Tensor:
         """Per-row losses ``[v1 - v0, b1 - b0]`` for one rectangle of rows; only ``rows`` (flat indices) if given."""
@@ -134,8 +126,7 @@ class MaskStageModule(_FrozenClassifierFit):
             x, targets = x[rows], None if targets is None else targets[rows]
             ref, reg, wc, wr = (t.reshape(-1)[rows] for t in (ref, reg, wc, wr))
         act = self._forward_rows(x, targets).view(ref.shape)
-        j = (act - ref) ** 2
-        return wc * j + wr * reg.to(j.dtype)
+        return dm_row_loss(act, ref, reg, wc, wr)
 
     def training_step(self, batch, batch_idx):  # noqa: D102
         self.in_step = True

@@ -6,6 +6,7 @@ from hdm_lightning.masks.ops import (
     Threshold,
     consistency,
     dm_combine_threshold,
+    dm_row_loss,
     hdm_weights,
     hierarchical_masked_image,
     l1_mean,
@@ -14,6 +15,7 @@ from hdm_lightning.masks.ops import (
     mix_maps,
     normalize,
     upsample,
+    vector_mask,
 )
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "Threshold",
     "consistency",
     "dm_combine_threshold",
+    "dm_row_loss",
     "hdm_weights",
     "hierarchical_masked_image",
     "l1_mean",
@@ -30,4 +33,5 @@ __all__ = [
     "mix_maps",
     "normalize",
     "upsample",
+    "vector_mask",
 ]

@@ -85,6 +85,43 @@ def l1_mean(m: Tensor) -> Tensor:
     return m.abs().mean(dim=(-2, -1))
 
 
+def vector_mask(
+    p: Tensor, guide: Tensor | None, height: int, width: int, reg_on: str = "upsampled", mode: str = "bilinear"
+) -> tuple[Tensor, Tensor]:
+    """Applied mask and ``L_R`` term of one mask vector ``p`` (``[B, 1, a, b]``) for ``height x width`` images.
+
+    The mask is ``g(p, H, W)`` (HDM paper Eq. 6), or ``g(p * guide, H, W)`` with a frozen guide ``g(c^{k-1}, a, b)``
+    (Eq. 8). ``L_R`` is taken on the upsampled vector itself (``reg_on="upsampled"``: Eq. 6/8, the guide not
+    included) or on ``p`` (``reg_on="vector"``: MDM paper Eq. 6). The per-image fits
+    (:class:`~hdm_lightning.explainers.modules.MaskStageModule`) and the amortised predictor
+    (:mod:`hdm_lightning.amortised`) both build their masks here.
+
+    Returns:
+        ``(mask [B, 1, H, W], L_R [B])``.
+    """
+    gated = p if guide is None else p * guide
+    m = upsample(gated, height, width, mode)
+    if reg_on == "vector":
+        reg = l1_mean(p)
+    elif guide is None:
+        reg = l1_mean(m)
+    else:
+        reg = l1_mean(upsample(p, height, width, mode))
+    return m, reg[:, 0]
+
+
+def dm_row_loss(
+    activation: Tensor, reference: Tensor, reg: Tensor, consistency_weight: Tensor | float, reg_weight: Tensor | float
+) -> Tensor:
+    """The DM loss of each (vector, image) row: ``w_J * (f_p(M X) - f_p(X))^2 + eta * L_R(M)`` (HDM paper Eq. 6, 8).
+
+    With ``w_J = lambda_1`` and ``eta = lambda_2`` it is MDM's loss (MDM paper Eq. 1). One function for the per-image
+    fits and the amortised predictor, so both minimise the same objective.
+    """
+    j = consistency(activation, reference)
+    return consistency_weight * j + reg_weight * reg.to(j.dtype)
+
+
 def hdm_weights(v: Tensor) -> Tensor:
     """HDM stage weights ``w_j = sum_{k=j..S} v_k^2`` (HDM paper Eq. 3, HDM appx. Alg. 2 l.16-19).
 

@@ -1,0 +1,187 @@
+"""A trained amortised explainer: the predictor, the DM settings it was trained for, and its file format.
+
+``train_explainer.py`` writes ``explainer.pt``: plain tensors, numbers, strings and dicts only, read with
+``torch.load(..., weights_only=True)`` (never pickled code). It records what the predicted vectors mean: the ``dm``
+schedule's parameters (sizes, factors, ``eta``), ``g``'s interpolation, the threshold that turns ``M_c`` into
+``M_b``, the classifier layer it reads and the classifier it was trained against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor, nn
+
+from hdm_lightning.amortised.predictor import FeatureTap, MaskPredictor
+from hdm_lightning.explainers.engine import ScheduleOutcome, combine
+from hdm_lightning.io import atomic_torch_save
+from hdm_lightning.masks.ops import Threshold, dm_combine_threshold
+from hdm_lightning.schedules.base import MaskVector, Stage, build_schedule
+
+__all__ = ["EXPLAINER_FORMAT", "AmortisedExplainer", "benchmark_vectors", "initializer", "load_explainer"]
+
+EXPLAINER_FORMAT = "hdm_lightning.explainer"
+EXPLAINER_VERSION = 1
+
+
+def benchmark_vectors(schedule: dict) -> tuple[MaskVector, ...]:
+    """The benchmark vectors ``d_i`` of a ``dm`` schedule ``{"name": "dm", "params": {...}}`` (sizes, ``eta``)."""
+    if schedule.get("name") != "dm":
+        raise ValueError(
+            f"the amortised explainer predicts the benchmark vectors of the 'dm' schedule; got schedule "
+            f"{schedule.get('name')!r}: use schedule.name=dm"
+        )
+    plan = build_schedule("dm", dict(schedule.get("params") or {})).plan(10**6, 10**6)  # stage 0 needs no image size
+    return plan[0].vectors
+
+
+@dataclass
+class AmortisedExplainer:
+    """A mask predictor with the DM settings it was trained for.
+
+    Attributes:
+        predictor: the network (:class:`MaskPredictor`).
+        layer: the classifier layer it reads (``None``: the architecture's Grad-CAM layer).
+        schedule: ``{"name": "dm", "params": {...}}``, the schedule whose benchmark vectors it predicts.
+        upsample: ``g``'s interpolation.
+        threshold: ``gamma`` of ``M_b`` (DM's).
+        info: what the training run recorded (classifier, epochs, validation loss, ...).
+    """
+
+    predictor: MaskPredictor
+    layer: str | None
+    schedule: dict
+    upsample: str = "bilinear"
+    threshold: Threshold = field(default_factory=Threshold)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def vectors(self) -> tuple[MaskVector, ...]:
+        """The benchmark vectors ``d_i`` (names, sizes, loss weights, combine weights)."""
+        return benchmark_vectors(self.schedule)
+
+    def tap(self, model: nn.Module) -> FeatureTap:
+        """The feature tap on ``model``, checked against what the predictor expects (channels, classes)."""
+        return FeatureTap(model, self.layer)
+
+    def check_features(self, feats: Tensor, logits: Tensor) -> None:
+        """A clear error when the classifier is not the kind the predictor was trained for."""
+        want_c, want_k = self.predictor.reduce.in_channels, self.predictor.classes.num_embeddings
+        if feats.shape[1] != want_c or logits.shape[1] != want_k:
+            raise ValueError(
+                f"the amortised explainer was trained for a classifier with {want_c} feature channels at its layer "
+                f"and {want_k} classes; this one has {feats.shape[1]} and {logits.shape[1]} "
+                f"({self.info.get('classifier', 'see the training run')}): train one for it with train_explainer.py"
+            )
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, images: Tensor, targets: Tensor | None) -> tuple[dict[str, Tensor], Tensor]:
+        """One forward pass of ``model``: ``({name: d_i [B, 1, a, b]}, targets [B])`` (``None``: predicted class)."""
+        feats, logits = self.tap(model)(images)
+        self.check_features(feats, logits)
+        if targets is None:
+            targets = logits.argmax(1)
+        self.predictor.to(device=feats.device)
+        out = self.predictor(feats.float(), targets)
+        names = [v.name for v in self.vectors]
+        return {n: d.to(images.dtype) for n, d in zip(names, out, strict=True)}, targets
+
+    def saliency(self, vectors: dict[str, Tensor], height: int, width: int) -> tuple[Tensor, Tensor]:
+        """``(M_b, M_c)`` built from the benchmark vectors exactly as DM builds them (Eq. 9-10)."""
+        stage = Stage("benchmark", self.vectors, 1)
+        outcome = ScheduleOutcome(vectors=vectors, history={}, names={}, plan=[stage], passes=0)
+        mc = combine(outcome, height, width, self.upsample)
+        mb, _, _ = dm_combine_threshold(mc, self.threshold)
+        return mb, mc
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``explainer.pt`` atomically (tensors and plain data only)."""
+        p = self.predictor
+        payload = {
+            "format": EXPLAINER_FORMAT,
+            "version": EXPLAINER_VERSION,
+            "state_dict": {k: v.detach().cpu() for k, v in p.state_dict().items()},
+            "predictor": {
+                "in_channels": int(p.reduce.in_channels),
+                "num_classes": int(p.classes.num_embeddings),
+                "sizes": [list(s) for s in p.sizes],
+                "hidden": int(p.reduce.out_channels),
+            },
+            "layer": self.layer,
+            "schedule": {"name": self.schedule["name"], "params": dict(self.schedule.get("params") or {})},
+            "upsample": self.upsample,
+            "threshold": {"kind": self.threshold.kind, "value": float(self.threshold.value)},
+            "info": dict(self.info),
+        }
+        return atomic_torch_save(payload, Path(path))
+
+
+def load_explainer(path: str | Path) -> AmortisedExplainer:
+    """Read an ``explainer.pt`` written by ``train_explainer.py`` (``weights_only=True``).
+
+    Raises:
+        ValueError: a missing file, a file of another kind, or one that does not fit its own description.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(
+            f"amortised explainer file {str(path)!r} does not exist: train one with "
+            "`python train_explainer.py --config configs/explainer/synthetic.yaml` and pass its explainer.pt"
+        )
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read {str(path)!r} as an amortised explainer (tensors-only file): {e}") from None
+    if not isinstance(raw, dict) or raw.get("format") != EXPLAINER_FORMAT:
+        raise ValueError(
+            f"{str(path)!r} is not an amortised explainer file (format {EXPLAINER_FORMAT!r}); train_explainer.py "
+            "writes one as <output.dir>/explainer.pt"
+        )
+    if int(raw.get("version", 0)) > EXPLAINER_VERSION:
+        raise ValueError(f"{str(path)!r} was written by a newer hdm_lightning (version {raw['version']}): upgrade")
+    spec = raw["predictor"]
+    predictor = MaskPredictor(
+        int(spec["in_channels"]), int(spec["num_classes"]), [tuple(s) for s in spec["sizes"]], int(spec["hidden"])
+    )
+    try:
+        predictor.load_state_dict(raw["state_dict"])
+    except RuntimeError as e:
+        raise ValueError(f"{str(path)!r}: the weights do not fit the predictor it describes: {e}") from None
+    predictor.eval()
+    for q in predictor.parameters():
+        q.requires_grad_(False)
+    t = raw["threshold"]
+    explainer = AmortisedExplainer(
+        predictor=predictor,
+        layer=raw.get("layer"),
+        schedule=raw["schedule"],
+        upsample=raw.get("upsample", "bilinear"),
+        threshold=Threshold(t["kind"], float(t["value"])),
+        info=dict(raw.get("info") or {}),
+    )
+    sizes = [tuple(v.size) for v in explainer.vectors]
+    if sizes != predictor.sizes:
+        raise ValueError(f"{str(path)!r}: the predictor's sizes {predictor.sizes} are not its schedule's {sizes}")
+    return explainer
+
+
+def initializer(cfg, schedule, method: str) -> AmortisedExplainer:
+    """The explainer of a ``dm``/``hdm`` config with ``init: amortised``, checked against the method's schedule.
+
+    Raises:
+        ValueError: the file cannot be read, or its vectors are not this schedule's benchmark vectors.
+    """
+    explainer = load_explainer(cfg.init_checkpoint)
+    name = OmegaConf.to_container(cfg.schedule).get("name")
+    theirs = [tuple(v.size) for v in explainer.vectors]
+    sizes = [tuple(v.size) for v in schedule.plan(10**6, 10**6)[0].vectors]
+    if name != "dm" or sizes != theirs:
+        raise ValueError(
+            f"init: amortised: {cfg.init_checkpoint} predicts the dm benchmark vectors of sizes {theirs}, but this "
+            f"{method} schedule is {name!r} with benchmark sizes {sizes}: use schedule.name=dm with "
+            f"params.sizes={[list(s) for s in theirs]}, or train an explainer for these sizes"
+        )
+    return explainer

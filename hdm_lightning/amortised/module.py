@@ -1,0 +1,183 @@
+"""Training the mask predictor on the DM loss: an ordinary data-parallel LightningModule.
+
+For a batch of training images ``X`` with classes ``c`` (the predicted class, the label, or a random class), the
+predictor outputs the benchmark vectors ``d_i``; each masked image ``g(d_i) * X`` goes through the frozen classifier
+and the loss is DM's own (:func:`hdm_lightning.masks.ops.dm_row_loss`, built by
+:func:`hdm_lightning.masks.ops.vector_mask`, the functions the per-image fits use):
+``sum_i (f_c(g(d_i) X) - f_c(X))^2 + eta_i * L_R(g(d_i))``, averaged over the images. Unlike the per-image mask fits,
+this is one model trained on many images, so DDP's gradient averaging is right: ``trainer.devices=N`` just works.
+
+The classifier is a plain attribute, not a submodule: Lightning's checkpoints and DDP see the predictor only.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from hdm_lightning.amortised.explainer import AmortisedExplainer, benchmark_vectors
+from hdm_lightning.amortised.predictor import FeatureTap, MaskPredictor
+from hdm_lightning.masks.ops import Threshold, dm_row_loss, vector_mask
+
+__all__ = ["TARGETS", "AmortisedMaskModule", "predictor_loss"]
+
+TARGETS = ("predicted", "label", "random")
+
+
+def predictor_loss(
+    classifier: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    reference: Tensor,
+    vectors: list[Tensor],
+    specs,
+    upsample_mode: str = "bilinear",
+) -> Tensor:
+    """Per-(vector, image) DM losses ``[n_vectors, B]`` of ``vectors`` on ``images`` (one batched forward/backward).
+
+    Args:
+        classifier: the frozen classifier (eval mode).
+        images: ``X``, ``[B, C, H, W]``.
+        targets: the class of each image, ``[B]``.
+        reference: ``f_c(X)``, ``[B]``.
+        vectors: ``d_i`` per benchmark vector, ``[B, 1, a_i, b_i]`` each.
+        specs: the :class:`~hdm_lightning.schedules.base.MaskVector` of each (loss weights, ``reg_on``).
+        upsample_mode: ``g``'s interpolation.
+    """
+    h, w = images.shape[-2:]
+    pairs = [vector_mask(d, None, h, w, s.reg_on, upsample_mode) for d, s in zip(vectors, specs, strict=True)]
+    ms, regs = zip(*pairs, strict=True)
+    n = len(vectors)
+    x = (torch.stack(ms) * images.unsqueeze(0)).flatten(0, 1)
+    act = classifier(x).gather(1, targets.repeat(n)[:, None])[:, 0].view(n, -1)
+    wc = torch.tensor([s.consistency_weight for s in specs], dtype=act.dtype, device=act.device)[:, None]
+    wr = torch.tensor([s.reg_weight for s in specs], dtype=act.dtype, device=act.device)[:, None]
+    return dm_row_loss(act, reference[None, :].to(act.dtype), torch.stack(regs), wc, wr)
+
+
+class AmortisedMaskModule(L.LightningModule):
+    """The predictor and its training on the DM loss (module docstring).
+
+    Args:
+        in_channels: channels of the classifier's feature layer.
+        num_classes: the classifier's classes.
+        layer: the feature layer's dotted path (``None``: the architecture's Grad-CAM layer).
+        schedule: ``{"name": "dm", "params": {...}}``: the vectors to predict (sizes) and the loss weights (``eta``).
+        upsample: ``g``'s interpolation.
+        threshold: ``{"kind": ..., "value": ...}``, DM's ``gamma``, recorded for the maps.
+        hidden: the predictor's channels.
+        tau: the predictor's initial output (DM's initial value).
+        target: which class each training image is explained for: ``predicted``, ``label`` or ``random``.
+        optim: ``lr``, ``weight_decay``, ``warmup_epochs``.
+        max_epochs: length of the cosine learning-rate decay.
+        seed: every epoch reseeds with ``seed + epoch`` (shuffling, augmentation, random targets), so an epoch
+            redone after an interruption is the epoch an uninterrupted run trains.
+        classifier: the frozen classifier (not a hyper-parameter; not saved in checkpoints).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        layer: str | None,
+        schedule: dict,
+        upsample: str,
+        threshold: dict,
+        hidden: int,
+        tau: float,
+        target: str,
+        optim: dict,
+        max_epochs: int,
+        seed: int = 0,
+        classifier: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {list(TARGETS)}, got {target!r}")
+        self.save_hyperparameters(ignore=["classifier"])
+        self.specs = benchmark_vectors(schedule)
+        self.predictor = MaskPredictor(in_channels, num_classes, [v.size for v in self.specs], hidden, tau)
+        object.__setattr__(self, "classifier", classifier)  # deliberately not a submodule
+        self._tap: FeatureTap | None = None
+
+    def attach(self, classifier: nn.Module) -> None:
+        """Set the frozen classifier (eval mode, no gradients for its weights)."""
+        classifier.eval()
+        for p in classifier.parameters():
+            p.requires_grad_(False)
+        object.__setattr__(self, "classifier", classifier)
+        self._tap = FeatureTap(classifier, self.hparams.layer)
+
+    def on_fit_start(self) -> None:  # noqa: D102
+        self.attach(self.classifier.to(self.device))
+
+    on_validation_start = on_fit_start
+
+    def on_train_epoch_start(self) -> None:  # noqa: D102
+        # before the epoch's DataLoader iterator (and its sampler's seed) is made
+        L.seed_everything(int(self.hparams.seed) + int(self.current_epoch), verbose=False)
+
+    def explainer(self) -> AmortisedExplainer:
+        """The predictor with the settings it predicts for (what ``explainer.pt`` holds)."""
+        t = self.hparams.threshold
+        predictor = MaskPredictor(
+            self.hparams.in_channels, self.hparams.num_classes, [v.size for v in self.specs], self.hparams.hidden
+        )
+        predictor.load_state_dict({k: v.detach().cpu() for k, v in self.predictor.state_dict().items()})
+        return AmortisedExplainer(
+            predictor=predictor.eval(),
+            layer=self._tap.layer if self._tap is not None else self.hparams.layer,
+            schedule=dict(self.hparams.schedule),
+            upsample=self.hparams.upsample,
+            threshold=Threshold(t["kind"], float(t["value"])),
+        )
+
+    def _targets(self, logits: Tensor, labels: Tensor) -> Tensor:
+        kind = self.hparams.target
+        if kind == "label":
+            return labels
+        if kind == "random":
+            return torch.randint(0, logits.shape[1], labels.shape, device=labels.device)
+        return logits.argmax(1)
+
+    def losses(self, images: Tensor, labels: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Per-(vector, image) DM losses ``[n, B]`` and the predicted vectors for a batch."""
+        with torch.no_grad():
+            feats, logits = self._tap(images)
+            targets = self._targets(logits, labels)
+            reference = logits.gather(1, targets[:, None])[:, 0]
+        vectors = self.predictor(feats.float(), targets)
+        rows = predictor_loss(self.classifier, images, targets, reference, vectors, self.specs, self.hparams.upsample)
+        return rows, vectors
+
+    def _shared(self, batch, stage: str) -> Tensor | None:
+        x, y = batch
+        if y.numel() == 0:
+            return None  # every image of the batch was unreadable (each was warned about)
+        rows, vectors = self.losses(x, y)
+        loss = rows.sum(0).mean()  # DM sums its vectors' losses; images are averaged
+        b = x.shape[0]
+        sync = stage == "val"
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=b, sync_dist=sync)
+        area = torch.stack([d.mean() for d in vectors]).mean()
+        self.log(f"{stage}/mask_mean", area, prog_bar=True, batch_size=b, sync_dist=sync)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> Tensor | None:  # noqa: D102
+        return self._shared(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:  # noqa: D102
+        self._shared(batch, "val")
+
+    def configure_optimizers(self):  # noqa: D102
+        o = self.hparams.optim
+        opt = torch.optim.AdamW(self.predictor.parameters(), lr=float(o["lr"]), weight_decay=float(o["weight_decay"]))
+        epochs, warm = int(self.hparams.max_epochs), int(o.get("warmup_epochs", 0))
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs - warm, 1))
+        if warm > 0:
+            ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=warm)
+            sched = torch.optim.lr_scheduler.SequentialLR(opt, [ramp, cosine], milestones=[warm])
+        else:
+            sched = cosine
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -1,0 +1,137 @@
+"""The mask predictor: the frozen classifier's features and a class -> the DM benchmark vectors ``d_i``, in one pass.
+
+The idea of Dabkowski & Gal, "Real Time Image Saliency for Black Box Classifiers" (NeurIPS 2017, arXiv 1705.07857)
+applied to the DM objective of "Hierarchical Dynamic Masks for Visual Explanation of Neural Networks"
+(arXiv 2301.04970, Eq. 6): instead of fitting each image's vectors by Adam, a small network learns over a dataset to
+output them. Its inputs are the activations of one layer of the classifier it explains (by default the layer
+Grad-CAM uses) and the class to explain, selected as in Dabkowski & Gal by a learned per-class embedding that scales
+the feature channels. Because it reads the classifier's own features, its maps change when the classifier does (the
+randomisation sanity checks).
+
+Architecture (a project decision; nothing in the papers fixes it): per-image normalised features (a group norm with
+one group: no batch statistics, so a map never depends on the other images of its batch) -> 1x1 conv to ``hidden``
+channels -> times the class embedding -> two 3x3 conv + ReLU -> per vector size ``(a, b)``: resampled to ``a x b``
+(area average when shrinking, bilinear when growing), a 1x1 conv and a sigmoid. The sigmoid keeps every element in
+(0, 1), the range DM projects its vectors onto; the heads start at ``tau`` everywhere (zero weights, bias
+``logit(tau)``), DM's own initial value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hdm_lightning.baselines.layers import default_target_layer, module_path, reshape_for, resolve_module
+
+__all__ = ["FeatureTap", "MaskPredictor", "resample"]
+
+
+def resample(z: Tensor, size: tuple[int, int]) -> Tensor:
+    """``z`` ``[B, C, h, w]`` at ``size``: area average where it shrinks, bilinear where it grows."""
+    if tuple(z.shape[-2:]) == tuple(size):
+        return z
+    if z.shape[-2] >= size[0] and z.shape[-1] >= size[1]:
+        return F.adaptive_avg_pool2d(z, size)
+    return F.interpolate(z, size=size, mode="bilinear", align_corners=False)
+
+
+class FeatureTap:
+    """The output of one layer of a classifier, captured during a forward pass (a forward hook, removed afterwards).
+
+    Args:
+        model: the classifier.
+        layer: dotted path of the layer (``"features.-1"``, ``"layer4.1"``), or ``None``: the layer Grad-CAM uses
+            for this architecture (:func:`~hdm_lightning.baselines.layers.default_target_layer`).
+
+    Raises:
+        ValueError: the path names no module, or there is no default for this architecture (the message says what
+            to pass).
+    """
+
+    def __init__(self, model: nn.Module, layer: str | None = None) -> None:
+        if layer is None:
+            module, reshape = default_target_layer(model)
+            layer = module_path(model, module)
+        else:
+            module = resolve_module(model, layer)
+            reshape = reshape_for(model) if layer == module_path(model, default_target_layer(model)[0]) else None
+        self.model, self.layer, self.module = model, layer, module
+        self.reshape: Callable[[Tensor], Tensor] | None = reshape
+
+    @contextmanager
+    def capture(self):
+        """``with tap.capture() as got: model(x)``; then ``got["features"]`` is ``[B, C, h, w]``."""
+        got: dict[str, Tensor] = {}
+
+        def hook(_module, _inputs, output):
+            out = output[0] if isinstance(output, tuple | list) else output
+            got["features"] = out if self.reshape is None else self.reshape(out)
+
+        handle = self.module.register_forward_hook(hook)
+        try:
+            yield got
+        finally:
+            handle.remove()
+
+    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """``(features [B, C, h, w], logits [B, classes])`` of ``images`` in one forward pass."""
+        with self.capture() as got:
+            logits = self.model(images)
+        if "features" not in got:
+            raise RuntimeError(f"layer {self.layer!r} did not run in the forward pass: choose a layer the model uses")
+        feats = got["features"]
+        if feats.dim() != 4:
+            raise ValueError(
+                f"layer {self.layer!r} gives activations of shape {tuple(feats.shape)}; the predictor needs "
+                "[B, C, h, w]: choose a spatial feature layer"
+            )
+        return feats, logits
+
+
+class MaskPredictor(nn.Module):
+    """Features ``[B, C, h, w]`` and classes ``[B]`` -> one vector ``[B, 1, a, b]`` per size (module docstring).
+
+    Args:
+        in_channels: channels of the feature layer.
+        num_classes: classes of the classifier (the class embedding's rows).
+        sizes: the benchmark vector sizes ``(a_i, b_i)`` of the DM schedule, in order.
+        hidden: channels of the predictor's layers.
+        tau: every element's value before training (DM's initial value).
+    """
+
+    def __init__(
+        self, in_channels: int, num_classes: int, sizes: Sequence[tuple[int, int]], hidden: int = 64, tau: float = 0.5
+    ) -> None:
+        super().__init__()
+        if in_channels < 1 or num_classes < 1 or hidden < 1 or not sizes:
+            raise ValueError(
+                f"MaskPredictor needs in_channels, num_classes, hidden >= 1 and at least one size; got {in_channels}, "
+                f"{num_classes}, {hidden}, {list(sizes)}"
+            )
+        if not 0.0 < tau < 1.0:
+            raise ValueError(f"tau must be in (0, 1) for a sigmoid output, got {tau!r}")
+        self.sizes = [(int(a), int(b)) for a, b in sizes]
+        self.reduce = nn.Conv2d(in_channels, hidden, 1)
+        self.classes = nn.Embedding(num_classes, hidden)
+        nn.init.normal_(self.classes.weight, mean=1.0, std=0.1)  # starts near "every class alike"
+        self.body = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.ReLU(),
+        )
+        self.heads = nn.ModuleList(nn.Conv2d(hidden, 1, 1) for _ in self.sizes)
+        for head in self.heads:
+            nn.init.zeros_(head.weight)
+            nn.init.constant_(head.bias, math.log(tau / (1.0 - tau)))
+
+    def forward(self, features: Tensor, targets: Tensor) -> list[Tensor]:  # noqa: D102
+        z = self.reduce(F.group_norm(features, 1))
+        z = self.body(z * self.classes(targets)[:, :, None, None])
+        return [torch.sigmoid(head(resample(z, size))) for size, head in zip(self.sizes, self.heads, strict=True)]
