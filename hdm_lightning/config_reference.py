@@ -24,6 +24,7 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from hdm_lightning import config as C
+from hdm_lightning.amortised.train import TrainExplainerConfig
 from hdm_lightning.train_config import TrainClassifierConfig
 
 __all__ = ["BEGIN", "DOC", "END", "UndocumentedKeyError", "document", "keys", "reference", "update_reference"]
@@ -172,7 +173,7 @@ def document(schema: type, skip: tuple[str, ...] = ()) -> list[tuple[str, str, s
 
 
 def reference() -> str:
-    """The whole reference (Markdown): ``explain.py``, ``explainer.*``, ``methods[]``, ``train_classifier.py``."""
+    """The whole reference (Markdown): ``explain.py``, ``explainer.*``, ``methods[]``, the two training scripts."""
     parts = [
         "**`explain.py`** (`ExplainRunConfig`):",
         "",
@@ -191,6 +192,11 @@ def reference() -> str:
         "with `data.kind: cub` and `output.dir: outputs/classifier`):",
         "",
         _table(document(TrainClassifierConfig, skip=("data", "output", "wandb"))),
+        "",
+        "**`train_explainer.py`** (`TrainExplainerConfig`; `classifier.*`, `data.*`, `output.*` and `wandb.*` as "
+        "for `explain.py`, `trainer.*` as for `train_classifier.py`; `explainer.*` takes the `dm`/`hdm` keys above):",
+        "",
+        _table(document(TrainExplainerConfig, skip=("classifier", "data", "output", "wandb", "trainer", "explainer"))),
     ]
     return "\n".join(parts) + "\n"
 

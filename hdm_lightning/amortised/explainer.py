@@ -109,6 +109,7 @@ class AmortisedExplainer:
                 "num_classes": int(p.classes.num_embeddings),
                 "sizes": [list(s) for s in p.sizes],
                 "hidden": int(p.reduce.out_channels),
+                "output": p.output,
             },
             "layer": self.layer,
             "schedule": {"name": self.schedule["name"], "params": dict(self.schedule.get("params") or {})},
@@ -144,7 +145,11 @@ def load_explainer(path: str | Path) -> AmortisedExplainer:
         raise ValueError(f"{str(path)!r} was written by a newer hdm_lightning (version {raw['version']}): upgrade")
     spec = raw["predictor"]
     predictor = MaskPredictor(
-        int(spec["in_channels"]), int(spec["num_classes"]), [tuple(s) for s in spec["sizes"]], int(spec["hidden"])
+        int(spec["in_channels"]),
+        int(spec["num_classes"]),
+        [tuple(s) for s in spec["sizes"]],
+        int(spec["hidden"]),
+        output=str(spec.get("output", "clamp")),
     )
     try:
         predictor.load_state_dict(raw["state_dict"])

@@ -33,6 +33,7 @@ def predictor_loss(
     vectors: list[Tensor],
     specs,
     upsample_mode: str = "bilinear",
+    reg_scale: float = 1.0,
 ) -> Tensor:
     """Per-(vector, image) DM losses ``[n_vectors, B]`` of ``vectors`` on ``images`` (one batched forward/backward).
 
@@ -44,6 +45,7 @@ def predictor_loss(
         vectors: ``d_i`` per benchmark vector, ``[B, 1, a_i, b_i]`` each.
         specs: the :class:`~hdm_lightning.schedules.base.MaskVector` of each (loss weights, ``reg_on``).
         upsample_mode: ``g``'s interpolation.
+        reg_scale: a factor on every ``eta`` (the training's warm-up of ``L_R``; 1: DM's loss).
     """
     h, w = images.shape[-2:]
     pairs = [vector_mask(d, None, h, w, s.reg_on, upsample_mode) for d, s in zip(vectors, specs, strict=True)]
@@ -52,7 +54,7 @@ def predictor_loss(
     x = (torch.stack(ms) * images.unsqueeze(0)).flatten(0, 1)
     act = classifier(x).gather(1, targets.repeat(n)[:, None])[:, 0].view(n, -1)
     wc = torch.tensor([s.consistency_weight for s in specs], dtype=act.dtype, device=act.device)[:, None]
-    wr = torch.tensor([s.reg_weight for s in specs], dtype=act.dtype, device=act.device)[:, None]
+    wr = torch.tensor([reg_scale * s.reg_weight for s in specs], dtype=act.dtype, device=act.device)[:, None]
     return dm_row_loss(act, reference[None, :].to(act.dtype), torch.stack(regs), wc, wr)
 
 
@@ -67,9 +69,11 @@ class AmortisedMaskModule(L.LightningModule):
         upsample: ``g``'s interpolation.
         threshold: ``{"kind": ..., "value": ...}``, DM's ``gamma``, recorded for the maps.
         hidden: the predictor's channels.
+        output: the predictor's output: ``sigmoid`` or ``clamp`` (DM's projection).
         tau: the predictor's initial output (DM's initial value).
         target: which class each training image is explained for: ``predicted``, ``label`` or ``random``.
-        optim: ``lr``, ``weight_decay``, ``warmup_epochs``.
+        optim: ``lr``, ``weight_decay``, ``warmup_epochs``, and ``reg_warmup_epochs``: ``eta`` ramps linearly from 0
+            to its value over these training epochs (per step); validation always uses the full ``eta``.
         max_epochs: length of the cosine learning-rate decay.
         seed: every epoch reseeds with ``seed + epoch`` (shuffling, augmentation, random targets), so an epoch
             redone after an interruption is the epoch an uninterrupted run trains.
@@ -90,6 +94,7 @@ class AmortisedMaskModule(L.LightningModule):
         optim: dict,
         max_epochs: int,
         seed: int = 0,
+        output: str = "sigmoid",
         classifier: nn.Module | None = None,
     ) -> None:
         super().__init__()
@@ -97,7 +102,8 @@ class AmortisedMaskModule(L.LightningModule):
             raise ValueError(f"target must be one of {list(TARGETS)}, got {target!r}")
         self.save_hyperparameters(ignore=["classifier"])
         self.specs = benchmark_vectors(schedule)
-        self.predictor = MaskPredictor(in_channels, num_classes, [v.size for v in self.specs], hidden, tau)
+        sizes = [v.size for v in self.specs]
+        self.predictor = MaskPredictor(in_channels, num_classes, sizes, hidden, tau, output)
         object.__setattr__(self, "classifier", classifier)  # deliberately not a submodule
         self._tap: FeatureTap | None = None
 
@@ -122,7 +128,11 @@ class AmortisedMaskModule(L.LightningModule):
         """The predictor with the settings it predicts for (what ``explainer.pt`` holds)."""
         t = self.hparams.threshold
         predictor = MaskPredictor(
-            self.hparams.in_channels, self.hparams.num_classes, [v.size for v in self.specs], self.hparams.hidden
+            self.hparams.in_channels,
+            self.hparams.num_classes,
+            [v.size for v in self.specs],
+            self.hparams.hidden,
+            output=self.hparams.output,
         )
         predictor.load_state_dict({k: v.detach().cpu() for k, v in self.predictor.state_dict().items()})
         return AmortisedExplainer(
@@ -141,6 +151,14 @@ class AmortisedMaskModule(L.LightningModule):
             return torch.randint(0, logits.shape[1], labels.shape, device=labels.device)
         return logits.argmax(1)
 
+    def reg_scale(self) -> float:
+        """The warm-up factor on ``eta`` at this training step (1 after ``reg_warmup_epochs``, and in validation)."""
+        warm = float(self.hparams.optim.get("reg_warmup_epochs", 0))
+        if not self.training or warm <= 0 or self._trainer is None:
+            return 1.0
+        per_epoch = max(int(self.trainer.num_training_batches), 1)
+        return min(1.0, (self.global_step + 1) / (warm * per_epoch))
+
     def losses(self, images: Tensor, labels: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Per-(vector, image) DM losses ``[n, B]`` and the predicted vectors for a batch."""
         with torch.no_grad():
@@ -148,7 +166,9 @@ class AmortisedMaskModule(L.LightningModule):
             targets = self._targets(logits, labels)
             reference = logits.gather(1, targets[:, None])[:, 0]
         vectors = self.predictor(feats.float(), targets)
-        rows = predictor_loss(self.classifier, images, targets, reference, vectors, self.specs, self.hparams.upsample)
+        rows = predictor_loss(
+            self.classifier, images, targets, reference, vectors, self.specs, self.hparams.upsample, self.reg_scale()
+        )
         return rows, vectors
 
     def _shared(self, batch, stage: str) -> Tensor | None:

@@ -11,9 +11,13 @@ randomisation sanity checks).
 Architecture (a project decision; nothing in the papers fixes it): per-image normalised features (a group norm with
 one group: no batch statistics, so a map never depends on the other images of its batch) -> 1x1 conv to ``hidden``
 channels -> times the class embedding -> two 3x3 conv + ReLU -> per vector size ``(a, b)``: resampled to ``a x b``
-(area average when shrinking, bilinear when growing), a 1x1 conv and a sigmoid. The sigmoid keeps every element in
-(0, 1), the range DM projects its vectors onto; the heads start at ``tau`` everywhere (zero weights, bias
-``logit(tau)``), DM's own initial value.
+(area average when shrinking, bilinear when growing), a 1x1 conv and a sigmoid (``output: sigmoid``, the default), or
+DM's projection onto [0, 1] with its gradient passed straight through (``output: clamp``: the gradient is taken at the
+projected values and applied to the unprojected ones, as DM's projected Adam does). The heads start at ``tau``
+everywhere (zero weights), DM's own initial value. Measured on the synthetic shapes (64 training images fitted for
+300 steps, DM loss per image; DM's own 30 steps reach 20.9): sigmoid 42.3, clamp 44.7 when ``eta`` applies from the
+first step (the masks shrink before they learn to keep the class: most images end near empty), and 25.2 / 29.6 with
+``eta`` ramped up over the first half (``optim.reg_warmup_epochs`` of ``train_explainer.py``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from torch import Tensor, nn
 
 from hdm_lightning.baselines.layers import default_target_layer, module_path, reshape_for, resolve_module
 
-__all__ = ["FeatureTap", "MaskPredictor", "resample"]
+__all__ = ["OUTPUTS", "FeatureTap", "MaskPredictor", "resample"]
+
+OUTPUTS = ("clamp", "sigmoid")
 
 
 def resample(z: Tensor, size: tuple[int, int]) -> Tensor:
@@ -102,10 +108,17 @@ class MaskPredictor(nn.Module):
         sizes: the benchmark vector sizes ``(a_i, b_i)`` of the DM schedule, in order.
         hidden: channels of the predictor's layers.
         tau: every element's value before training (DM's initial value).
+        output: ``sigmoid`` or ``clamp`` (DM's projection, gradient passed straight through).
     """
 
     def __init__(
-        self, in_channels: int, num_classes: int, sizes: Sequence[tuple[int, int]], hidden: int = 64, tau: float = 0.5
+        self,
+        in_channels: int,
+        num_classes: int,
+        sizes: Sequence[tuple[int, int]],
+        hidden: int = 64,
+        tau: float = 0.5,
+        output: str = "sigmoid",
     ) -> None:
         super().__init__()
         if in_channels < 1 or num_classes < 1 or hidden < 1 or not sizes:
@@ -114,7 +127,10 @@ class MaskPredictor(nn.Module):
                 f"{num_classes}, {hidden}, {list(sizes)}"
             )
         if not 0.0 < tau < 1.0:
-            raise ValueError(f"tau must be in (0, 1) for a sigmoid output, got {tau!r}")
+            raise ValueError(f"tau must be in (0, 1), got {tau!r}")
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {list(OUTPUTS)}, got {output!r}")
+        self.output = output
         self.sizes = [(int(a), int(b)) for a, b in sizes]
         self.reduce = nn.Conv2d(in_channels, hidden, 1)
         self.classes = nn.Embedding(num_classes, hidden)
@@ -129,9 +145,12 @@ class MaskPredictor(nn.Module):
         self.heads = nn.ModuleList(nn.Conv2d(hidden, 1, 1) for _ in self.sizes)
         for head in self.heads:
             nn.init.zeros_(head.weight)
-            nn.init.constant_(head.bias, math.log(tau / (1.0 - tau)))
+            nn.init.constant_(head.bias, tau if output == "clamp" else math.log(tau / (1.0 - tau)))
 
     def forward(self, features: Tensor, targets: Tensor) -> list[Tensor]:  # noqa: D102
         z = self.reduce(F.group_norm(features, 1))
         z = self.body(z * self.classes(targets)[:, :, None, None])
-        return [torch.sigmoid(head(resample(z, size))) for size, head in zip(self.sizes, self.heads, strict=True)]
+        out = [head(resample(z, size)) for size, head in zip(self.sizes, self.heads, strict=True)]
+        if self.output == "sigmoid":
+            return [torch.sigmoid(o) for o in out]
+        return [o + (o.clamp(0.0, 1.0) - o).detach() for o in out]  # projected; gradient straight through

@@ -25,9 +25,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from hdm_lightning.allocator import retain_freed_memory
 from hdm_lightning.amortised.explainer import benchmark_vectors
 from hdm_lightning.amortised.module import TARGETS, AmortisedMaskModule
-from hdm_lightning.amortised.predictor import FeatureTap
+from hdm_lightning.amortised.predictor import OUTPUTS, FeatureTap
 from hdm_lightning.config import (
     WANDB_MODES,
     ClassifierConfig,
@@ -57,6 +58,7 @@ class PredictorConfig:
     layer: str | None = None  # the classifier layer it reads (dotted path); null: the layer Grad-CAM uses
     hidden: int = 64  # channels of its layers
     tau: float = 0.5  # its output before training (DM's initial mask value)
+    output: str = "sigmoid"  # sigmoid | clamp (DM's projection onto [0, 1], gradient passed straight through)
 
 
 @dataclass
@@ -66,6 +68,9 @@ class ExplainerOptimConfig:
     lr: float = 3e-3  # peak learning rate
     weight_decay: float = 1e-4  # decoupled weight decay
     warmup_epochs: int = 0  # linear warm-up epochs before the cosine decay
+    # eta (L_R's weight) ramps from 0 to its value over these epochs: the masks learn to keep the class before they
+    # shrink (from eta's full value at once the predictor ends with near-empty masks on most images)
+    reg_warmup_epochs: float = 5.0
 
 
 @dataclass
@@ -74,9 +79,9 @@ class TrainExplainerConfig:
 
     imports: list[str] = field(default_factory=list)  # modules imported first (user backbones); runs their code
     # the DM settings whose benchmark vectors are predicted: a dm/hdm method preset (configs/methods/), relative to
-    # this config file, and overrides (schedule.params.sizes, eta, threshold, upsample); null: the dm defaults
+    # this config file; null: the dm defaults
     preset: str | None = None
-    explainer: dict[str, Any] = field(default_factory=dict)
+    explainer: dict[str, Any] = field(default_factory=dict)  # overrides of the preset (schedule, threshold, upsample)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)  # the classifier to explain (frozen)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     target: str = "predicted"  # the class each training image is explained for: predicted | label | random
@@ -125,6 +130,7 @@ def load_explainer_config(path: str | Path | None, overrides: list[str] | None =
     _choice(cfg.target, TARGETS, "target")
     _choice(cfg.augment, AUGMENTS, "augment")
     _choice(cfg.wandb.mode, WANDB_MODES, "wandb.mode")
+    _choice(cfg.predictor.output, OUTPUTS, "predictor.output")
     if cfg.batch_size < 1 or cfg.trainer.max_epochs < 1:
         raise ConfigError(
             f"batch_size and trainer.max_epochs must be >= 1, got {cfg.batch_size}, {cfg.trainer.max_epochs}"
@@ -196,6 +202,7 @@ def run_explainer(cfg: DictConfig) -> ExplainerSummary:
     if main:
         check_run_folder(folder, cfg, NON_RESULT_KEYS)
     L.seed_everything(int(cfg.seed), verbose=False)
+    retain_freed_memory()  # every step frees and refaults its activations otherwise (hdm_lightning.allocator)
     classifier = load_classifier(cfg.classifier)
     data = ClassifierDataModule(
         cfg.data,
@@ -270,6 +277,7 @@ def _module(cfg: DictConfig, classifier) -> AmortisedMaskModule:
         optim=OmegaConf.to_container(cfg.optim),
         max_epochs=int(cfg.trainer.max_epochs),
         seed=int(cfg.seed),
+        output=str(cfg.predictor.output),
     )
     module.attach(classifier.model)
     return module

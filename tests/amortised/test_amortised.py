@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -216,3 +219,20 @@ def test_bad_input_messages(tmp_path, capsys, trained):
     missing = ["--config", CONFIG, f"classifier.checkpoint={tmp_path / 'none.pt'}", f"output.dir={tmp_path / 'o'}"]
     assert train_explainer_main(missing) == 2
     assert "none.pt" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_epoch(tmp_path):
+    """trainer.devices=2 on CPU: ordinary DDP (gradients averaged), each process trains on half of every epoch."""
+    out = tmp_path / "ddp"
+    args = [sys.executable, str(REPO / "train_explainer.py"), "--config", CONFIG, f"output.dir={out}", *SMALL]
+    args += ["classifier.checkpoint=null", "classifier.num_classes=4", "classifier.preprocess.size=32"]
+    args += ["classifier.preprocess.resize=32", "trainer.devices=2", "trainer.max_epochs=1"]
+    args += ["data.synthetic.num_images=128", "batch_size=16"]
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "RANK", "NODE_RANK")}
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len([ln for ln in proc.stdout.splitlines() if ln.startswith("best val/loss")]) == 1, proc.stdout
+    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 128 // 16 // 2  # half of the 8 batches per process
+    assert load_explainer(out / "explainer.pt").predictor.sizes == [(6, 6), (8, 8), (10, 10)]
