@@ -236,3 +236,32 @@ def test_two_processes_share_the_epoch(tmp_path):
     last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 128 // 16 // 2  # half of the 8 batches per process
     assert load_explainer(out / "explainer.pt").predictor.sizes == [(6, 6), (8, 8), (10, 10)]
+
+
+def test_predictor_outputs_and_batch_independence():
+    """Outputs in [0, 1], start at tau, one image's vectors do not depend on its batch; the clamp passes gradients."""
+    from hdm_lightning.amortised import MaskPredictor
+
+    torch.manual_seed(0)
+    feats, targets = torch.randn(5, 16, 4, 4), torch.tensor([0, 1, 2, 0, 1])
+    for output in ("sigmoid", "clamp"):
+        p = MaskPredictor(16, 3, [(3, 3), (6, 6)], hidden=8, tau=0.3, output=output)
+        first = p(feats, targets)
+        assert [tuple(d.shape) for d in first] == [(5, 1, 3, 3), (5, 1, 6, 6)]
+        torch.testing.assert_close(first[0], torch.full_like(first[0], 0.3))  # heads start at tau
+        with torch.no_grad():
+            for head in p.heads:
+                head.weight.normal_(0.0, 5.0)
+        out = p(feats, targets)
+        assert all(float(d.min()) >= 0.0 and float(d.max()) <= 1.0 for d in out)
+        alone = p(feats[2:3], targets[2:3])
+        torch.testing.assert_close(alone[1], out[1][2:3], rtol=1e-5, atol=1e-6)
+    p = MaskPredictor(16, 3, [(2, 2)], hidden=8, output="clamp")
+    with torch.no_grad():
+        p.heads[0].bias.fill_(-2.0)  # every element projected to 0 ...
+    out = p(feats, targets)[0]
+    assert torch.equal(out, torch.zeros_like(out))
+    out.sum().backward()
+    assert float(p.heads[0].bias.grad) == out.numel()  # ... yet the gradient reaches the head, as in DM's projection
+    with pytest.raises(ValueError, match="output must be one of"):
+        MaskPredictor(1, 1, [(1, 1)], output="relu")
