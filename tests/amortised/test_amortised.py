@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from hdm_lightning import build_method
-from hdm_lightning.amortised import AmortisedMaskModule, load_explainer, predictor_loss
+from hdm_lightning.amortised import AmortisedMaskModule, MaskPredictor, load_explainer, predictor_loss
 from hdm_lightning.amortised.explainer import benchmark_vectors
+from hdm_lightning.amortised.train import load_explainer_config
 from hdm_lightning.cli import explain_main, train_classifier_main, train_explainer_main
 from hdm_lightning.data.synthetic import generate_shapes
 from hdm_lightning.explainers.engine import ScheduleOutcome, combine
@@ -240,8 +241,6 @@ def test_two_processes_share_the_epoch(tmp_path):
 
 def test_predictor_outputs_and_batch_independence():
     """Outputs in [0, 1], start at tau, one image's vectors do not depend on its batch; the clamp passes gradients."""
-    from hdm_lightning.amortised import MaskPredictor
-
     torch.manual_seed(0)
     feats, targets = torch.randn(5, 16, 4, 4), torch.tensor([0, 1, 2, 0, 1])
     for output in ("sigmoid", "clamp"):
@@ -265,3 +264,9 @@ def test_predictor_outputs_and_batch_independence():
     assert float(p.heads[0].bias.grad) == out.numel()  # ... yet the gradient reaches the head, as in DM's projection
     with pytest.raises(ValueError, match="output must be one of"):
         MaskPredictor(1, 1, [(1, 1)], output="relu")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "explainer").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_explainer_config_loads(path):
+    cfg = load_explainer_config(path)
+    assert cfg.explainer["schedule"]["params"]["sizes"] == [6, 8, 10] and cfg.trainer.max_epochs >= 1
