@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from benchmarks.amortised_curve import main
 from benchmarks.results_table import summary_table
 from hdm_lightning.evaluation import write_tables
 
@@ -50,3 +51,20 @@ def test_the_summary_shows_interval_and_a_mark_where_the_paired_test_is_below_al
     assert lines[4].startswith("| worse | 10 | 0.950 [") and lines[4].endswith("* | 1 |")  # p = 0.002
     with pytest.raises(SystemExit, match="in no table"):
         summary_table(tmp_path, ["nope"])
+
+
+def test_the_amortised_curve_orders_refinement_steps_and_draws_the_reference(tmp_path, capsys):
+    def rows(shift, back):
+        return [
+            {"id": str(i), "status": "ok", "metrics": {"insertion": 0.1 * i + shift}, "backward_per_image": back}
+            for i in range(6)
+        ]
+
+    records = {"hdm": rows(0.2, 760), "amortised": rows(0.0, 0), "hdm_refine_10": rows(0.15, 240)}
+    records["hdm_refine_2"] = rows(0.1, 64)
+    write_tables(tmp_path, records, ["deletion_insertion"])
+    assert main([str(tmp_path), "--metrics", "insertion", "--out", str(tmp_path / "c.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split(" | ")[1] for ln in lines[2:6]] == ["amortised", "hdm_refine_2", "hdm_refine_10", "hdm"]
+    assert lines[3].startswith("| 2 | hdm_refine_2 | 64 | 0.350 [") and lines[5].startswith("| ref | hdm | 760 |")
+    assert (tmp_path / "c.png").stat().st_size > 1000
