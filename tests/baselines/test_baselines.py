@@ -7,12 +7,14 @@ model-state comparison made right after the call.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 
+from hdm_lightning.amortised import AmortisedExplainer, FeatureTap, MaskPredictor
 from hdm_lightning.contract import METHODS, build_method, method_params
 from hdm_lightning.models.backbones import build_backbone
 from tests.toy_models import RegionNet, box_mask
@@ -54,6 +56,7 @@ EXPECTED = {
     "hdm",
     "dm",
     "mdm",
+    "amortised",
     "random",
     "centre",
     "edges",
@@ -61,6 +64,23 @@ EXPECTED = {
 }
 # What genuinely does not apply, and the error that says so.
 NOT_APPLICABLE = {("vit", "fullgrad"): "FullGrad needs a CNN"}
+# What cannot be built from its name alone: a trained file is part of the method.
+NEEDS_FILE = {"amortised": "amortised needs params {checkpoint"}
+
+
+def explainer_file(model: nn.Module, path) -> str:
+    """An amortised explainer for ``model`` (random predictor weights: the contract, not the quality, is tested)."""
+    tap = FeatureTap(model)
+    with torch.no_grad():
+        feats, logits = tap(torch.zeros(1, 3, S, S))
+    torch.manual_seed(1)
+    predictor = MaskPredictor(feats.shape[1], logits.shape[1], [(4, 4), (5, 5)], hidden=8)
+    with torch.no_grad():
+        for head in predictor.heads:
+            head.weight.normal_(0.0, 1.0)
+    schedule = {"name": "dm", "params": {"sizes": [4, 5], "factors": [5]}}
+    AmortisedExplainer(predictor.eval(), tap.layer, schedule).save(path)
+    return str(path)
 
 
 def cnn() -> nn.Module:
@@ -119,8 +139,10 @@ def changes(model: nn.Module, before: dict) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def runs():
+def runs(tmp_path_factory):
     models = {"cnn": cnn(), "vit": vit()}
+    folder = tmp_path_factory.mktemp("explainers")
+    files = {kind: explainer_file(m, folder / f"{kind}.pt") for kind, m in models.items()}
     torch.manual_seed(3)
     images = torch.randn(B, 3, S, S)
     target = torch.tensor([0, 3])
@@ -132,7 +154,8 @@ def runs():
             before = snapshot(model)
             maps, error, method, result = None, None, None, None
             try:
-                method = build_method(name, model, PARAMS.get(name))
+                params = {"checkpoint": files[kind]} if name == "amortised" else PARAMS.get(name)
+                method = build_method(name, model, params)
                 result = method.explain(images, target)
                 maps = result.maps
             except ValueError as e:
@@ -325,6 +348,10 @@ def test_known_region(name, params, net):
 @pytest.mark.parametrize("name", METHODS.names())
 def test_builds_with_default_params(name):
     """Every registered method builds from its name alone on a known architecture (defaults are a valid config)."""
+    if name in NEEDS_FILE:
+        with pytest.raises(ValueError, match=re.escape(NEEDS_FILE[name])):
+            build_method(name, cnn())
+        return
     method = build_method(name, cnn())
     assert method.name == name
     assert set(method_params(name)) <= set(vars(method))  # params are kept as attributes (repr, logging)
