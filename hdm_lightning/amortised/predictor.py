@@ -15,7 +15,7 @@ channels -> times the class embedding -> two 3x3 conv + ReLU -> per vector size 
 DM's projection onto [0, 1] with its gradient passed straight through (``output: clamp``: the gradient is taken at the
 projected values and applied to the unprojected ones, as DM's projected Adam does). The heads start at ``tau``
 everywhere (zero weights), DM's own initial value. Measured on the synthetic shapes (64 training images fitted for
-300 steps, DM loss per image; DM's own 30 steps reach 20.9): sigmoid 42.3, clamp 44.7 when ``eta`` applies from the
+300 steps, DM loss per image; DM's own 30 steps reach 20.9): sigmoid 41.9, clamp 44.7 when ``eta`` applies from the
 first step (the masks shrink before they learn to keep the class: most images end near empty), and 25.2 / 29.6 with
 ``eta`` ramped up over the first half (``optim.reg_warmup_epochs`` of ``train_explainer.py``).
 """
