@@ -311,11 +311,7 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
         )
     settings = method_config(cfg.method)
     if cfg.preset is not None:
-        preset = Path(cfg.preset)
-        candidates = [preset] if preset.is_absolute() else [folder / preset, Path.cwd() / preset]
-        found = next((p for p in candidates if p.is_file()), None)
-        if found is None:
-            raise ConfigError(f"preset {cfg.preset!r} not found (looked in {[str(p) for p in candidates]})")
+        found = find_preset(cfg.preset, folder)
         cfg.preset = str(found.resolve())
         try:
             settings = method_config(cfg.method, found)
@@ -333,6 +329,20 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
     except (ValueError, KeyError) as e:
         raise ConfigError(f"explainer settings: {e.args[0] if isinstance(e, KeyError) else e}") from None
     return cfg, settings
+
+
+def find_preset(preset: str, folder: Path) -> Path:
+    """A ``preset:`` path: absolute, or relative to the config file's ``folder``, else to the working directory.
+
+    Raises:
+        ConfigError: no such file (the message lists where it looked).
+    """
+    path = Path(preset)
+    candidates = [path] if path.is_absolute() else [folder / path, Path.cwd() / path]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise ConfigError(f"preset {preset!r} not found (looked in {[str(p) for p in candidates]})")
+    return found
 
 
 def _load_layers(schema: type, path: str | Path | None, overrides: list[str] | None) -> DictConfig:

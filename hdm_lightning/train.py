@@ -38,7 +38,7 @@ from hdm_lightning.models import (
 from hdm_lightning.models.lightning_classifier import ClassifierModule, initial_backbone
 from hdm_lightning.run.folder import check_run_folder
 
-__all__ = ["TrainSummary", "run_training"]
+__all__ = ["TrainSummary", "build_trainer", "run_training"]
 
 # May change between a run and its resumption.
 NON_RESULT_KEYS = (
@@ -107,7 +107,7 @@ def run_training(cfg: DictConfig) -> TrainSummary:
             f"validating on {data.val_set.describe()}",
             file=sys.stderr,
         )
-    trainer, best, logger = _trainer(cfg, folder)
+    trainer, best, logger = build_trainer(cfg, folder)
     trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
     if logger:
         logger.experiment.finish()
@@ -180,13 +180,18 @@ def _module(cfg: DictConfig, data: ClassifierDataModule, resume: Path | None) ->
     return module, source
 
 
-def _trainer(cfg: DictConfig, folder: Path) -> tuple[L.Trainer, ModelCheckpoint, WandbLogger | bool]:
-    """The Trainer with the best/last checkpoints, optional early stopping and the W&B logger."""
+def build_trainer(
+    cfg: DictConfig, folder: Path, monitor: str = "val/acc1", mode: str = "max"
+) -> tuple[L.Trainer, ModelCheckpoint, WandbLogger | bool]:
+    """The Trainer with the best (by ``monitor``)/last checkpoints, optional early stopping and the W&B logger.
+
+    Shared by ``train_classifier.py`` (best ``val/acc1``) and ``train_explainer.py`` (lowest ``val/loss``).
+    """
     best = ModelCheckpoint(
         dirpath=folder / "checkpoints",
         filename="best",
-        monitor="val/acc1",
-        mode="max",
+        monitor=monitor,
+        mode=mode,
         save_top_k=1,
         save_last=True,
         auto_insert_metric_name=False,
@@ -194,7 +199,7 @@ def _trainer(cfg: DictConfig, folder: Path) -> tuple[L.Trainer, ModelCheckpoint,
     )
     callbacks: list[L.Callback] = [best]
     if cfg.trainer.early_stopping_patience is not None:
-        callbacks.append(EarlyStopping("val/acc1", mode="max", patience=int(cfg.trainer.early_stopping_patience)))
+        callbacks.append(EarlyStopping(monitor, mode=mode, patience=int(cfg.trainer.early_stopping_patience)))
     logger = False
     if cfg.wandb.mode != "disabled":
         logger = WandbLogger(

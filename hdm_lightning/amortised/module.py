@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from hdm_lightning.amortised.explainer import AmortisedExplainer, benchmark_vectors
 from hdm_lightning.amortised.predictor import FeatureTap, MaskPredictor
 from hdm_lightning.masks.ops import Threshold, dm_row_loss, vector_mask
+from hdm_lightning.models.lightning_classifier import cosine_with_warmup
 
 __all__ = ["TARGETS", "AmortisedMaskModule", "predictor_loss"]
 
@@ -193,11 +194,4 @@ class AmortisedMaskModule(L.LightningModule):
     def configure_optimizers(self):  # noqa: D102
         o = self.hparams.optim
         opt = torch.optim.AdamW(self.predictor.parameters(), lr=float(o["lr"]), weight_decay=float(o["weight_decay"]))
-        epochs, warm = int(self.hparams.max_epochs), int(o.get("warmup_epochs", 0))
-        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs - warm, 1))
-        if warm > 0:
-            ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=warm)
-            sched = torch.optim.lr_scheduler.SequentialLR(opt, [ramp, cosine], milestones=[warm])
-        else:
-            sched = cosine
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return cosine_with_warmup(opt, int(self.hparams.max_epochs), int(o.get("warmup_epochs", 0)))

@@ -19,8 +19,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -38,6 +36,7 @@ from hdm_lightning.config import (
     WandbConfig,
     _choice,
     _load_layers,
+    find_preset,
     run_imports,
 )
 from hdm_lightning.data.training import ClassifierDataModule
@@ -45,7 +44,7 @@ from hdm_lightning.io import atomic_write_text
 from hdm_lightning.method_config import METHOD_CONFIGS, method_config
 from hdm_lightning.models import load_classifier
 from hdm_lightning.run.folder import check_run_folder
-from hdm_lightning.train import _precision
+from hdm_lightning.train import build_trainer
 from hdm_lightning.train_config import AUGMENTS, TrainerRunConfig
 
 __all__ = ["ExplainerOptimConfig", "PredictorConfig", "TrainExplainerConfig", "load_explainer_config", "run_explainer"]
@@ -142,11 +141,7 @@ def load_explainer_config(path: str | Path | None, overrides: list[str] | None =
         )
     method, settings = "dm", method_config("dm")
     if cfg.preset is not None:
-        preset = Path(cfg.preset)
-        candidates = [preset] if preset.is_absolute() else [folder / preset, Path.cwd() / preset]
-        found = next((p for p in candidates if p.is_file()), None)
-        if found is None:
-            raise ConfigError(f"preset {cfg.preset!r} not found (looked in {[str(p) for p in candidates]})")
+        found = find_preset(cfg.preset, folder)
         cfg.preset = str(found.resolve())
         method = OmegaConf.load(found).get("method", "dm")
         if method not in ("dm", "hdm"):
@@ -233,7 +228,7 @@ def run_explainer(cfg: DictConfig) -> ExplainerSummary:
             + (f"; resuming from {resume}" if resume else ""),
             file=sys.stderr,
         )
-    trainer, best, logger = _trainer(cfg, folder)
+    trainer, best, logger = build_trainer(cfg, folder, monitor="val/loss", mode="min")
     trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
     if logger:
         logger.experiment.finish()
@@ -281,45 +276,3 @@ def _module(cfg: DictConfig, classifier) -> AmortisedMaskModule:
     )
     module.attach(classifier.model)
     return module
-
-
-def _trainer(cfg: DictConfig, folder: Path) -> tuple[L.Trainer, ModelCheckpoint, WandbLogger | bool]:
-    """The Trainer with the best/last checkpoints and the W&B logger."""
-    best = ModelCheckpoint(
-        dirpath=folder / "checkpoints",
-        filename="best",
-        monitor="val/loss",
-        mode="min",
-        save_top_k=1,
-        save_last=True,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
-    )
-    callbacks: list[L.Callback] = [best]
-    logger = False
-    if cfg.wandb.mode != "disabled":
-        logger = WandbLogger(
-            project=cfg.wandb.project,
-            name=cfg.wandb.name,
-            save_dir=str(cfg.wandb.dir or folder),
-            offline=cfg.wandb.mode == "offline",
-            tags=list(cfg.wandb.tags) or None,
-        )
-        logger.log_hyperparams(OmegaConf.to_container(cfg))
-        callbacks.append(LearningRateMonitor("epoch"))
-    trainer = L.Trainer(
-        accelerator=cfg.trainer.accelerator,
-        devices=int(cfg.trainer.devices),
-        num_nodes=int(cfg.trainer.num_nodes),
-        precision=_precision(cfg, cfg.trainer.accelerator),
-        max_epochs=int(cfg.trainer.max_epochs),
-        limit_train_batches=cfg.trainer.limit_train_batches,
-        limit_val_batches=cfg.trainer.limit_val_batches,
-        log_every_n_steps=int(cfg.trainer.log_every_n_steps),
-        logger=logger,
-        callbacks=callbacks,
-        default_root_dir=str(folder),
-        enable_progress_bar=True,
-        num_sanity_val_steps=0,
-    )
-    return trainer, best, logger

@@ -22,7 +22,7 @@ from hdm_lightning.models.backbones import build_backbone, default_preprocess
 from hdm_lightning.models.preprocess import Preprocess
 from hdm_lightning.models.torchvision_weights import load_torchvision_weights
 
-__all__ = ["ClassifierModule", "initial_backbone", "transfer_weights"]
+__all__ = ["ClassifierModule", "cosine_with_warmup", "initial_backbone", "transfer_weights"]
 
 
 def transfer_weights(model: nn.Module, state: Mapping[str, Tensor], what: str) -> list[str]:
@@ -95,6 +95,17 @@ def initial_backbone(backbone: str, num_classes: int, init: Any) -> tuple[nn.Mod
     return model, default_preprocess(backbone), f"file {path} (new head: {', '.join(head) or 'none'})"
 
 
+def cosine_with_warmup(opt: torch.optim.Optimizer, epochs: int, warm: int) -> dict:
+    """Lightning's optimiser dict: a linear warm-up over ``warm`` epochs (from 0.1x), then a cosine decay to 0."""
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs - warm, 1))
+    if warm > 0:
+        ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=warm)
+        sched = torch.optim.lr_scheduler.SequentialLR(opt, [ramp, cosine], milestones=[warm])
+    else:
+        sched = cosine
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
 class ClassifierModule(L.LightningModule):
     """A backbone with a ``num_classes`` head, trained with cross-entropy; top-1/top-5 accuracy on validation.
 
@@ -164,11 +175,4 @@ class ClassifierModule(L.LightningModule):
             opt = torch.optim.SGD(groups, lr=o["lr"], momentum=0.9, nesterov=True)
         else:
             opt = torch.optim.AdamW(groups, lr=o["lr"])
-        epochs, warm = int(self.hparams.max_epochs), int(o.get("warmup_epochs", 0))
-        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs - warm, 1))
-        if warm > 0:
-            ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=warm)
-            sched = torch.optim.lr_scheduler.SequentialLR(opt, [ramp, cosine], milestones=[warm])
-        else:
-            sched = cosine
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return cosine_with_warmup(opt, int(self.hparams.max_epochs), int(o.get("warmup_epochs", 0)))
