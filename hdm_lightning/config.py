@@ -58,6 +58,7 @@ __all__ = [
     "method_config",
     "parse_overrides",
     "register_method_config",
+    "run_defaults",
     "run_imports",
 ]
 
@@ -329,6 +330,13 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
     except (ValueError, KeyError) as e:
         raise ConfigError(f"explainer settings: {e.args[0] if isinstance(e, KeyError) else e}") from None
     return cfg, settings
+
+
+def run_defaults(method: str) -> dict:
+    """The schema defaults of an explain run of ``method``, with ``explainer`` as the method's default settings."""
+    defaults = OmegaConf.to_container(OmegaConf.structured(ExplainRunConfig))
+    defaults["explainer"] = OmegaConf.to_container(OmegaConf.structured(METHOD_CONFIGS[method]))
+    return defaults
 
 
 def find_preset(preset: str, folder: Path) -> Path:

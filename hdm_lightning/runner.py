@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from hdm_lightning.callbacks.logging import StageProgress
-from hdm_lightning.config import ConfigError
+from hdm_lightning.config import ConfigError, run_defaults
 from hdm_lightning.contract import RunContext
 from hdm_lightning.data import build_dataset, load_items
 from hdm_lightning.distributed import Shard, run_device
@@ -119,7 +119,7 @@ def _prepare(cfg: DictConfig, settings: DictConfig, shard: Shard) -> _Run:
     """Check the folder, load the classifier and the data, build the methods and metrics, write ``config.yaml``."""
     folder = Path(cfg.output.dir)
     if shard.is_main:  # may archive an old run; the others wait for it at the barrier below
-        check_run_folder(folder, cfg)
+        check_run_folder(folder, cfg, defaults=run_defaults(cfg.method))
     classifier = load_classifier(cfg.classifier)
     dataset = build_dataset(cfg.data, classifier.preprocess)
     _check_labels(cfg, classifier, dataset)

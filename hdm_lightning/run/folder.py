@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import dataclasses
 import shutil
 import sys
 from datetime import datetime
@@ -101,11 +102,23 @@ def _more_methods(old: object, new: object) -> bool:
     return all(isinstance(e, dict) and by_label.get(_label(e)) == e for e in old)
 
 
-def check_run_folder(folder: Path, cfg: DictConfig, ignore: tuple[str, ...] = NON_RESULT_KEYS) -> None:
+def _schema_defaults(cfg: DictConfig) -> dict:
+    schema = OmegaConf.get_type(cfg)
+    if schema is None or not dataclasses.is_dataclass(schema):
+        return {}
+    return OmegaConf.to_container(OmegaConf.structured(schema))
+
+
+def check_run_folder(
+    folder: Path, cfg: DictConfig, ignore: tuple[str, ...] = NON_RESULT_KEYS, defaults: dict | None = None
+) -> None:
     """Refuse to mix results of different configs in one folder; archive the old run if asked to.
 
     Keys under ``ignore`` may differ between the saved config and ``cfg``, and a comparison's ``methods`` list may
-    grow: every earlier entry unchanged, new entries anywhere (a rerun computes only the new methods).
+    grow: every earlier entry unchanged, new entries anywhere (a rerun computes only the new methods). A key the
+    saved config lacks (a setting added to the schema since that run) is no difference while ``cfg`` gives it its
+    default: new settings default to the earlier behaviour. ``defaults`` are the schema's values (default: those of
+    ``cfg``'s structured type).
 
     Raises:
         ConfigError: ``folder`` holds a run whose result-determining settings differ and
@@ -132,7 +145,9 @@ def check_run_folder(folder: Path, cfg: DictConfig, ignore: tuple[str, ...] = NO
     new = _result_keys(OmegaConf.to_container(cfg), ignore)
     if _more_methods(old.get("methods"), new.get("methods")):
         old["methods"] = new["methods"]  # a comparison may grow: only the new methods are computed
-    diff = [k for k in sorted(set(old) | set(new)) if old.get(k, "<unset>") != new.get(k, "<unset>")]
+    flat_defaults = _flat(_schema_defaults(cfg) if defaults is None else defaults)
+    added = {k for k in set(new) - set(old) if k in flat_defaults and new[k] == flat_defaults[k]}
+    diff = [k for k in sorted(set(old) | set(new)) if k not in added and old.get(k, "<unset>") != new.get(k, "<unset>")]
     if diff:
         shown = "; ".join(f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in diff[:6])
         more = f" (and {len(diff) - 6} more)" if len(diff) > 6 else ""
