@@ -6,9 +6,9 @@ finished files or none; an image's ``records/<id>.json`` is written last, so its
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
-import dataclasses
 import shutil
 import sys
 from datetime import datetime
