@@ -24,7 +24,7 @@ from hdm_lightning.schedules.base import MaskVector, Stage, build_schedule
 __all__ = ["EXPLAINER_FORMAT", "AmortisedExplainer", "benchmark_vectors", "initializer", "load_explainer"]
 
 EXPLAINER_FORMAT = "hdm_lightning.explainer"
-EXPLAINER_VERSION = 1
+EXPLAINER_VERSION = 2  # 2: skip layers (files of version 1 read unchanged)
 
 
 def benchmark_vectors(schedule: dict) -> tuple[MaskVector, ...]:
@@ -38,6 +38,10 @@ def benchmark_vectors(schedule: dict) -> tuple[MaskVector, ...]:
     return plan[0].vectors
 
 
+def _channels(counts: list[int]) -> str:
+    return str(counts[0]) if len(counts) == 1 else str(counts)
+
+
 @dataclass
 class AmortisedExplainer:
     """A mask predictor with the DM settings it was trained for.
@@ -45,6 +49,7 @@ class AmortisedExplainer:
     Attributes:
         predictor: the network (:class:`MaskPredictor`).
         layer: the classifier layer it reads (``None``: the architecture's Grad-CAM layer).
+        skips: earlier classifier layers it also reads (spatial detail; may be empty).
         schedule: ``{"name": "dm", "params": {...}}``, the schedule whose benchmark vectors it predicts.
         upsample: ``g``'s interpolation.
         threshold: ``gamma`` of ``M_b`` (DM's).
@@ -57,6 +62,7 @@ class AmortisedExplainer:
     upsample: str = "bilinear"
     threshold: Threshold = field(default_factory=Threshold)
     info: dict = field(default_factory=dict)
+    skips: list[str] = field(default_factory=list)
 
     @property
     def vectors(self) -> tuple[MaskVector, ...]:
@@ -65,27 +71,30 @@ class AmortisedExplainer:
 
     def tap(self, model: nn.Module) -> FeatureTap:
         """The feature tap on ``model``, checked against what the predictor expects (channels, classes)."""
-        return FeatureTap(model, self.layer)
+        return FeatureTap(model, self.layer, self.skips)
 
-    def check_features(self, feats: Tensor, logits: Tensor) -> None:
+    def check_features(self, feats: list[Tensor], logits: Tensor) -> None:
         """A clear error when the classifier is not the kind the predictor was trained for."""
-        want_c, want_k = self.predictor.reduce.in_channels, self.predictor.classes.num_embeddings
-        if feats.shape[1] != want_c or logits.shape[1] != want_k:
+        p = self.predictor
+        want_c = [p.reduce.in_channels, *(conv.in_channels for conv in p.skips)]
+        want_k, got_c = p.classes.num_embeddings, [int(f.shape[1]) for f in feats]
+        if got_c != want_c or logits.shape[1] != want_k:
             raise ValueError(
-                f"the amortised explainer was trained for a classifier with {want_c} feature channels at its layer "
-                f"and {want_k} classes; this one has {feats.shape[1]} and {logits.shape[1]} "
+                f"the amortised explainer was trained for a classifier with {_channels(want_c)} feature channels at "
+                f"its layer{'s' if len(want_c) > 1 else ''} and {want_k} classes; this one has {_channels(got_c)} "
+                f"and {logits.shape[1]} "
                 f"({self.info.get('classifier', 'see the training run')}): train one for it with train_explainer.py"
             )
 
     @torch.no_grad()
     def predict(self, model: nn.Module, images: Tensor, targets: Tensor | None) -> tuple[dict[str, Tensor], Tensor]:
         """One forward pass of ``model``: ``({name: d_i [B, 1, a, b]}, targets [B])`` (``None``: predicted class)."""
-        feats, logits = self.tap(model)(images)
+        feats, logits = self.tap(model).features(images)
         self.check_features(feats, logits)
         if targets is None:
             targets = logits.argmax(1)
-        self.predictor.to(device=feats.device)
-        out = self.predictor(feats.float(), targets)
+        self.predictor.to(device=logits.device)
+        out = self.predictor([f.float() for f in feats], targets)
         names = [v.name for v in self.vectors]
         return {n: d.to(images.dtype) for n, d in zip(names, out, strict=True)}, targets
 
@@ -110,8 +119,10 @@ class AmortisedExplainer:
                 "sizes": [list(s) for s in p.sizes],
                 "hidden": int(p.reduce.out_channels),
                 "output": p.output,
+                "skip_channels": [int(conv.in_channels) for conv in p.skips],
             },
             "layer": self.layer,
+            "skips": list(self.skips),
             "schedule": {"name": self.schedule["name"], "params": dict(self.schedule.get("params") or {})},
             "upsample": self.upsample,
             "threshold": {"kind": self.threshold.kind, "value": float(self.threshold.value)},
@@ -150,6 +161,7 @@ def load_explainer(path: str | Path) -> AmortisedExplainer:
         [tuple(s) for s in spec["sizes"]],
         int(spec["hidden"]),
         output=str(spec.get("output", "clamp")),
+        skip_channels=[int(c) for c in spec.get("skip_channels", [])],
     )
     try:
         predictor.load_state_dict(raw["state_dict"])
@@ -166,6 +178,7 @@ def load_explainer(path: str | Path) -> AmortisedExplainer:
         upsample=raw.get("upsample", "bilinear"),
         threshold=Threshold(t["kind"], float(t["value"])),
         info=dict(raw.get("info") or {}),
+        skips=[str(k) for k in raw.get("skips", [])],
     )
     sizes = [tuple(v.size) for v in explainer.vectors]
     if sizes != predictor.sizes:

@@ -78,6 +78,7 @@ class AmortisedMaskModule(L.LightningModule):
         max_epochs: length of the cosine learning-rate decay.
         seed: every epoch reseeds with ``seed + epoch`` (shuffling, augmentation, random targets), so an epoch
             redone after an interruption is the epoch an uninterrupted run trains.
+        skips: earlier classifier layers the predictor also reads (dotted paths), and ``skip_channels`` theirs.
         classifier: the frozen classifier (not a hyper-parameter; not saved in checkpoints).
     """
 
@@ -96,6 +97,8 @@ class AmortisedMaskModule(L.LightningModule):
         max_epochs: int,
         seed: int = 0,
         output: str = "sigmoid",
+        skips: list | None = None,
+        skip_channels: list | None = None,
         classifier: nn.Module | None = None,
     ) -> None:
         super().__init__()
@@ -104,7 +107,7 @@ class AmortisedMaskModule(L.LightningModule):
         self.save_hyperparameters(ignore=["classifier"])
         self.specs = benchmark_vectors(schedule)
         sizes = [v.size for v in self.specs]
-        self.predictor = MaskPredictor(in_channels, num_classes, sizes, hidden, tau, output)
+        self.predictor = MaskPredictor(in_channels, num_classes, sizes, hidden, tau, output, skip_channels or [])
         object.__setattr__(self, "classifier", classifier)  # deliberately not a submodule
         self._tap: FeatureTap | None = None
 
@@ -114,7 +117,7 @@ class AmortisedMaskModule(L.LightningModule):
         for p in classifier.parameters():
             p.requires_grad_(False)
         object.__setattr__(self, "classifier", classifier)
-        self._tap = FeatureTap(classifier, self.hparams.layer)
+        self._tap = FeatureTap(classifier, self.hparams.layer, self.hparams.skips or [])
 
     def on_fit_start(self) -> None:  # noqa: D102
         self.attach(self.classifier.to(self.device))
@@ -134,6 +137,7 @@ class AmortisedMaskModule(L.LightningModule):
             [v.size for v in self.specs],
             self.hparams.hidden,
             output=self.hparams.output,
+            skip_channels=self.hparams.skip_channels or [],
         )
         predictor.load_state_dict({k: v.detach().cpu() for k, v in self.predictor.state_dict().items()})
         return AmortisedExplainer(
@@ -142,6 +146,7 @@ class AmortisedMaskModule(L.LightningModule):
             schedule=dict(self.hparams.schedule),
             upsample=self.hparams.upsample,
             threshold=Threshold(t["kind"], float(t["value"])),
+            skips=list(self.hparams.skips or []),
         )
 
     def _targets(self, logits: Tensor, labels: Tensor) -> Tensor:
@@ -163,10 +168,10 @@ class AmortisedMaskModule(L.LightningModule):
     def losses(self, images: Tensor, labels: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Per-(vector, image) DM losses ``[n, B]`` and the predicted vectors for a batch."""
         with torch.no_grad():
-            feats, logits = self._tap(images)
+            feats, logits = self._tap.features(images)
             targets = self._targets(logits, labels)
             reference = logits.gather(1, targets[:, None])[:, 0]
-        vectors = self.predictor(feats.float(), targets)
+        vectors = self.predictor([f.float() for f in feats], targets)
         rows = predictor_loss(
             self.classifier, images, targets, reference, vectors, self.specs, self.hparams.upsample, self.reg_scale()
         )

@@ -59,7 +59,7 @@ class FeatureTap:
             to pass).
     """
 
-    def __init__(self, model: nn.Module, layer: str | None = None) -> None:
+    def __init__(self, model: nn.Module, layer: str | None = None, skips: Sequence[str] = ()) -> None:
         if layer is None:
             module, reshape = default_target_layer(model)
             layer = module_path(model, module)
@@ -68,35 +68,52 @@ class FeatureTap:
             reshape = reshape_for(model) if layer == module_path(model, default_target_layer(model)[0]) else None
         self.model, self.layer, self.module = model, layer, module
         self.reshape: Callable[[Tensor], Tensor] | None = reshape
+        self.skips = [str(s) for s in skips]
+        self.skip_modules = [resolve_module(model, s) for s in self.skips]
 
     @contextmanager
     def capture(self):
-        """``with tap.capture() as got: model(x)``; then ``got["features"]`` is ``[B, C, h, w]``."""
+        """``with tap.capture() as got: model(x)``; then ``got["features"]`` is ``[B, C, h, w]``, ``got[skip]`` too."""
         got: dict[str, Tensor] = {}
 
-        def hook(_module, _inputs, output):
-            out = output[0] if isinstance(output, tuple | list) else output
-            got["features"] = out if self.reshape is None else self.reshape(out)
+        def hook_for(key: str, reshape: Callable[[Tensor], Tensor] | None):
+            def hook(_module, _inputs, output):
+                out = output[0] if isinstance(output, tuple | list) else output
+                got[key] = out if reshape is None else reshape(out)
 
-        handle = self.module.register_forward_hook(hook)
+            return hook
+
+        handles = [self.module.register_forward_hook(hook_for("features", self.reshape))]
+        handles += [
+            m.register_forward_hook(hook_for(k, None)) for k, m in zip(self.skips, self.skip_modules, strict=True)
+        ]
         try:
             yield got
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
 
-    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """``(features [B, C, h, w], logits [B, classes])`` of ``images`` in one forward pass."""
+    def features(self, images: Tensor) -> tuple[list[Tensor], Tensor]:
+        """``([main [B, C, h, w], *skips], logits [B, classes])`` of ``images`` in one forward pass."""
         with self.capture() as got:
             logits = self.model(images)
-        if "features" not in got:
-            raise RuntimeError(f"layer {self.layer!r} did not run in the forward pass: choose a layer the model uses")
-        feats = got["features"]
-        if feats.dim() != 4:
-            raise ValueError(
-                f"layer {self.layer!r} gives activations of shape {tuple(feats.shape)}; the predictor needs "
-                "[B, C, h, w]: choose a spatial feature layer"
-            )
-        return feats, logits
+        out = []
+        for key, name in [("features", self.layer), *((k, k) for k in self.skips)]:
+            if key not in got:
+                raise RuntimeError(f"layer {name!r} did not run in the forward pass: choose a layer the model uses")
+            feats = got[key]
+            if feats.dim() != 4:
+                raise ValueError(
+                    f"layer {name!r} gives activations of shape {tuple(feats.shape)}; the predictor needs "
+                    "[B, C, h, w]: choose a spatial feature layer"
+                )
+            out.append(feats)
+        return out, logits
+
+    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """``(features [B, C, h, w], logits [B, classes])`` of ``images`` in one forward pass (main layer only)."""
+        feats, logits = self.features(images)
+        return feats[0], logits
 
 
 class MaskPredictor(nn.Module):
@@ -109,6 +126,9 @@ class MaskPredictor(nn.Module):
         hidden: channels of the predictor's layers.
         tau: every element's value before training (DM's initial value).
         output: ``sigmoid`` or ``clamp`` (DM's projection, gradient passed straight through).
+        skip_channels: channels of earlier (finer) classifier layers that add spatial detail, as the upsampling
+            path of Dabkowski & Gal's masking model: each is normalised, reduced to ``hidden`` channels by a 1x1
+            conv and added to the class-selected main features, all at the finest of their resolutions.
     """
 
     def __init__(
@@ -119,6 +139,7 @@ class MaskPredictor(nn.Module):
         hidden: int = 64,
         tau: float = 0.5,
         output: str = "sigmoid",
+        skip_channels: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if in_channels < 1 or num_classes < 1 or hidden < 1 or not sizes:
@@ -133,6 +154,7 @@ class MaskPredictor(nn.Module):
         self.output = output
         self.sizes = [(int(a), int(b)) for a, b in sizes]
         self.reduce = nn.Conv2d(in_channels, hidden, 1)
+        self.skips = nn.ModuleList(nn.Conv2d(int(c), hidden, 1) for c in skip_channels)
         self.classes = nn.Embedding(num_classes, hidden)
         nn.init.normal_(self.classes.weight, mean=1.0, std=0.1)  # starts near "every class alike"
         self.body = nn.Sequential(
@@ -147,9 +169,18 @@ class MaskPredictor(nn.Module):
             nn.init.zeros_(head.weight)
             nn.init.constant_(head.bias, tau if output == "clamp" else math.log(tau / (1.0 - tau)))
 
-    def forward(self, features: Tensor, targets: Tensor) -> list[Tensor]:  # noqa: D102
-        z = self.reduce(F.group_norm(features, 1))
-        z = self.body(z * self.classes(targets)[:, :, None, None])
+    def forward(self, features: Tensor | Sequence[Tensor], targets: Tensor) -> list[Tensor]:
+        """One vector ``[B, 1, a, b]`` per size from the main features (and the skip features, in order)."""
+        feats = [features] if isinstance(features, Tensor) else list(features)
+        if len(feats) != 1 + len(self.skips):
+            raise ValueError(f"the predictor reads {1 + len(self.skips)} feature layers, got {len(feats)}")
+        z = self.reduce(F.group_norm(feats[0], 1)) * self.classes(targets)[:, :, None, None]
+        if self.skips:
+            fine = max((tuple(f.shape[-2:]) for f in feats), key=lambda hw: hw[0] * hw[1])
+            z = resample(z, fine)
+            for conv, f in zip(self.skips, feats[1:], strict=True):
+                z = z + resample(conv(F.group_norm(f, 1)), fine)
+        z = self.body(z)
         out = [head(resample(z, size)) for size, head in zip(self.sizes, self.heads, strict=True)]
         if self.output == "sigmoid":
             return [torch.sigmoid(o) for o in out]

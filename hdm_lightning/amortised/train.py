@@ -55,6 +55,7 @@ class PredictorConfig:
     """The mask predictor (:class:`hdm_lightning.amortised.MaskPredictor`)."""
 
     layer: str | None = None  # the classifier layer it reads (dotted path); null: the layer Grad-CAM uses
+    skips: list[str] = field(default_factory=list)  # earlier (finer) layers it also reads, e.g. [features.1]
     hidden: int = 64  # channels of its layers
     tau: float = 0.5  # its output before training (DM's initial mask value)
     output: str = "sigmoid"  # sigmoid | clamp (DM's projection onto [0, 1], gradient passed straight through)
@@ -254,13 +255,13 @@ def run_explainer(cfg: DictConfig) -> ExplainerSummary:
 
 def _module(cfg: DictConfig, classifier) -> AmortisedMaskModule:
     """The module, its predictor sized by one forward pass of the classifier on a blank image."""
-    tap = FeatureTap(classifier.model, cfg.predictor.layer)
+    tap = FeatureTap(classifier.model, cfg.predictor.layer, list(cfg.predictor.skips))
     size = int(classifier.preprocess.size)
     with torch.no_grad():
-        feats, logits = tap(torch.zeros(1, 3, size, size))
+        feats, logits = tap.features(torch.zeros(1, 3, size, size))
     s = OmegaConf.to_container(cfg.explainer)  # plain containers: the checkpoint's hyper-parameters load weights-only
     module = AmortisedMaskModule(
-        in_channels=int(feats.shape[1]),
+        in_channels=int(feats[0].shape[1]),
         num_classes=int(logits.shape[1]),
         layer=tap.layer,
         schedule={"name": s["schedule"]["name"], "params": dict(s["schedule"]["params"])},
@@ -273,6 +274,8 @@ def _module(cfg: DictConfig, classifier) -> AmortisedMaskModule:
         max_epochs=int(cfg.trainer.max_epochs),
         seed=int(cfg.seed),
         output=str(cfg.predictor.output),
+        skips=list(tap.skips),
+        skip_channels=[int(f.shape[1]) for f in feats[1:]],
     )
     module.attach(classifier.model)
     return module

@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from hdm_lightning import build_method
-from hdm_lightning.amortised import AmortisedMaskModule, MaskPredictor, load_explainer, predictor_loss
+from hdm_lightning.amortised import (
+    AmortisedExplainer,
+    AmortisedMaskModule,
+    FeatureTap,
+    MaskPredictor,
+    load_explainer,
+    predictor_loss,
+)
 from hdm_lightning.amortised.explainer import benchmark_vectors
 from hdm_lightning.amortised.train import load_explainer_config
 from hdm_lightning.cli import explain_main, train_classifier_main, train_explainer_main
@@ -270,3 +277,30 @@ def test_predictor_outputs_and_batch_independence():
 def test_every_shipped_explainer_config_loads(path):
     cfg = load_explainer_config(path)
     assert cfg.explainer["schedule"]["params"]["sizes"] == [6, 8, 10] and cfg.trainer.max_epochs >= 1
+
+
+def test_skip_layers_reach_the_output_and_survive_the_file(tmp_path):
+    """Finer skip layers are tapped in the same pass, change the vectors, and explainer.pt keeps them."""
+    torch.manual_seed(0)
+    model = build_backbone("small_cnn", 3).eval()
+    tap = FeatureTap(model, None, ["features.1"])
+    images = torch.randn(2, 3, 32, 32)
+    feats, logits = tap.features(images)
+    assert [tuple(f.shape) for f in feats] == [(2, 128, 4, 4), (2, 32, 8, 8)]
+    torch.testing.assert_close(logits, model(images))
+    p = MaskPredictor(128, 3, [(3, 3), (6, 6)], hidden=8, skip_channels=[32])
+    with torch.no_grad():
+        for head in p.heads:
+            head.weight.normal_(0.0, 5.0)
+    targets = torch.tensor([0, 2])
+    out = p(feats, targets)
+    moved = p([feats[0], feats[1] + torch.randn_like(feats[1])], targets)
+    assert not torch.allclose(out[1], moved[1])  # the skip features matter
+    with pytest.raises(ValueError, match="reads 2 feature layers, got 1"):
+        p(feats[0], targets)
+    sizes = {"name": "dm", "params": {"sizes": [3, 6]}}
+    explainer = AmortisedExplainer(p.eval(), None, sizes, skips=["features.1"])
+    loaded = load_explainer(explainer.save(tmp_path / "explainer.pt"))
+    assert loaded.skips == ["features.1"]
+    vectors, _ = loaded.predict(model, images, targets)
+    torch.testing.assert_close(vectors[loaded.vectors[1].name], out[1])
