@@ -34,7 +34,8 @@ from hdm_lightning.baselines.layers import default_target_layer, module_path, re
 
 __all__ = ["OUTPUTS", "FeatureTap", "MaskPredictor", "resample"]
 
-OUTPUTS = ("clamp", "sigmoid")
+OUTPUTS = ("clamp", "sigmoid", "stretched")
+STRETCH = 0.1  # the stretched sigmoid spans (-0.1, 1.1) before the projection onto [0, 1]
 
 
 def resample(z: Tensor, size: tuple[int, int]) -> Tensor:
@@ -125,7 +126,10 @@ class MaskPredictor(nn.Module):
         sizes: the benchmark vector sizes ``(a_i, b_i)`` of the DM schedule, in order.
         hidden: channels of the predictor's layers.
         tau: every element's value before training (DM's initial value).
-        output: ``sigmoid`` or ``clamp`` (DM's projection, gradient passed straight through).
+        output: ``sigmoid``, ``clamp`` (DM's projection, gradient passed straight through) or ``stretched``: a
+            sigmoid stretched to (-0.1, 1.1) and projected onto [0, 1] with the gradient passed straight through
+            (the hard-concrete stretch of Louizos et al., "Learning Sparse Neural Networks through L0
+            Regularization", arXiv 1712.01312): it reaches exact zeros, as DM's clamped vectors do.
         skip_channels: channels of earlier (finer) classifier layers that add spatial detail, as the upsampling
             path of Dabkowski & Gal's masking model: each is normalised, reduced to ``hidden`` channels by a 1x1
             conv and added to the class-selected main features, all at the finest of their resolutions.
@@ -167,7 +171,7 @@ class MaskPredictor(nn.Module):
         self.heads = nn.ModuleList(nn.Conv2d(hidden, 1, 1) for _ in self.sizes)
         for head in self.heads:
             nn.init.zeros_(head.weight)
-            nn.init.constant_(head.bias, tau if output == "clamp" else math.log(tau / (1.0 - tau)))
+            nn.init.constant_(head.bias, _inverse_output(tau, output))
 
     def forward(self, features: Tensor | Sequence[Tensor], targets: Tensor) -> list[Tensor]:
         """One vector ``[B, 1, a, b]`` per size from the main features (and the skip features, in order)."""
@@ -184,4 +188,15 @@ class MaskPredictor(nn.Module):
         out = [head(resample(z, size)) for size, head in zip(self.sizes, self.heads, strict=True)]
         if self.output == "sigmoid":
             return [torch.sigmoid(o) for o in out]
+        if self.output == "stretched":
+            out = [torch.sigmoid(o) * (1.0 + 2.0 * STRETCH) - STRETCH for o in out]
         return [o + (o.clamp(0.0, 1.0) - o).detach() for o in out]  # projected; gradient straight through
+
+
+def _inverse_output(value: float, output: str) -> float:
+    """The head's pre-activation that gives ``value`` (the heads start at ``tau``)."""
+    if output == "clamp":
+        return value
+    if output == "stretched":
+        value = (value + STRETCH) / (1.0 + 2.0 * STRETCH)
+    return math.log(value / (1.0 - value))

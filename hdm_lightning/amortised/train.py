@@ -58,7 +58,9 @@ class PredictorConfig:
     skips: list[str] = field(default_factory=list)  # earlier (finer) layers it also reads, e.g. [features.1]
     hidden: int = 64  # channels of its layers
     tau: float = 0.5  # its output before training (DM's initial mask value)
-    output: str = "sigmoid"  # sigmoid | clamp (DM's projection onto [0, 1], gradient passed straight through)
+    # sigmoid | clamp (DM's projection onto [0, 1], gradient passed straight through) | stretched (a sigmoid
+    # stretched to (-0.1, 1.1), then projected: exact zeros as in DM)
+    output: str = "sigmoid"
 
 
 @dataclass

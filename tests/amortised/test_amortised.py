@@ -250,7 +250,7 @@ def test_predictor_outputs_and_batch_independence():
     """Outputs in [0, 1], start at tau, one image's vectors do not depend on its batch; the clamp passes gradients."""
     torch.manual_seed(0)
     feats, targets = torch.randn(5, 16, 4, 4), torch.tensor([0, 1, 2, 0, 1])
-    for output in ("sigmoid", "clamp"):
+    for output in ("sigmoid", "clamp", "stretched"):
         p = MaskPredictor(16, 3, [(3, 3), (6, 6)], hidden=8, tau=0.3, output=output)
         first = p(feats, targets)
         assert [tuple(d.shape) for d in first] == [(5, 1, 3, 3), (5, 1, 6, 6)]
