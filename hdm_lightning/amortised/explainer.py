@@ -21,10 +21,17 @@ from hdm_lightning.io import atomic_torch_save
 from hdm_lightning.masks.ops import Threshold, dm_combine_threshold
 from hdm_lightning.schedules.base import MaskVector, Stage, build_schedule
 
-__all__ = ["EXPLAINER_FORMAT", "AmortisedExplainer", "benchmark_vectors", "initializer", "load_explainer"]
+__all__ = [
+    "EXPLAINER_FORMAT",
+    "AmortisedExplainer",
+    "benchmark_vectors",
+    "initializer",
+    "load_explainer",
+    "predicted_vectors",
+]
 
 EXPLAINER_FORMAT = "hdm_lightning.explainer"
-EXPLAINER_VERSION = 2  # 2: skip layers (files of version 1 read unchanged)
+EXPLAINER_VERSION = 2  # 2: skip layers, auxiliary levels (files of version 1 read unchanged)
 
 
 def benchmark_vectors(schedule: dict) -> tuple[MaskVector, ...]:
@@ -36,6 +43,18 @@ def benchmark_vectors(schedule: dict) -> tuple[MaskVector, ...]:
         )
     plan = build_schedule("dm", dict(schedule.get("params") or {})).plan(10**6, 10**6)  # stage 0 needs no image size
     return plan[0].vectors
+
+
+def predicted_vectors(schedule: dict, image_size: tuple[int, int] | None) -> list[Stage]:
+    """The stages whose vectors a predictor outputs.
+
+    DM's benchmark vectors, and with ``image_size`` ``(H, W)`` also the auxiliary levels ``c_j^k(i)`` DM fits on
+    images of that size (their number and sizes depend on it).
+    """
+    if image_size is None:
+        return [Stage("benchmark", benchmark_vectors(schedule), 1)]
+    benchmark_vectors(schedule)  # the schedule check
+    return list(build_schedule("dm", dict(schedule.get("params") or {})).plan(*image_size))
 
 
 def _channels(counts: list[int]) -> str:
@@ -50,6 +69,8 @@ class AmortisedExplainer:
         predictor: the network (:class:`MaskPredictor`).
         layer: the classifier layer it reads (``None``: the architecture's Grad-CAM layer).
         skips: earlier classifier layers it also reads (spatial detail; may be empty).
+        image_size: ``(H, W)`` when it also predicts DM's auxiliary levels (their sizes are those of this image
+            size); ``None``: the benchmark vectors only.
         schedule: ``{"name": "dm", "params": {...}}``, the schedule whose benchmark vectors it predicts.
         upsample: ``g``'s interpolation.
         threshold: ``gamma`` of ``M_b`` (DM's).
@@ -63,10 +84,21 @@ class AmortisedExplainer:
     threshold: Threshold = field(default_factory=Threshold)
     info: dict = field(default_factory=dict)
     skips: list[str] = field(default_factory=list)
+    image_size: tuple[int, int] | None = None
+
+    @property
+    def stages(self) -> list[Stage]:
+        """DM's stages whose vectors it predicts (the benchmark; with ``image_size`` the auxiliary levels too)."""
+        return predicted_vectors(self.schedule, self.image_size)
 
     @property
     def vectors(self) -> tuple[MaskVector, ...]:
-        """The benchmark vectors ``d_i`` (names, sizes, loss weights, combine weights)."""
+        """Every predicted vector (names, sizes, guides, loss weights, combine weights), in the predictor's order."""
+        return tuple(v for stage in self.stages for v in stage.vectors)
+
+    @property
+    def benchmark(self) -> tuple[MaskVector, ...]:
+        """The benchmark vectors ``d_i`` (what ``init: amortised`` starts DM's fits from)."""
         return benchmark_vectors(self.schedule)
 
     def tap(self, model: nn.Module) -> FeatureTap:
@@ -89,6 +121,12 @@ class AmortisedExplainer:
     @torch.no_grad()
     def predict(self, model: nn.Module, images: Tensor, targets: Tensor | None) -> tuple[dict[str, Tensor], Tensor]:
         """One forward pass of ``model``: ``({name: d_i [B, 1, a, b]}, targets [B])`` (``None``: predicted class)."""
+        if self.image_size is not None and tuple(images.shape[-2:]) != tuple(self.image_size):
+            raise ValueError(
+                f"this amortised explainer predicts DM's auxiliary levels for {self.image_size[0]}x"
+                f"{self.image_size[1]} images, got {images.shape[-2]}x{images.shape[-1]}: use the preprocessing it "
+                "was trained with, or train one for this size"
+            )
         feats, logits = self.tap(model).features(images)
         self.check_features(feats, logits)
         if targets is None:
@@ -99,9 +137,8 @@ class AmortisedExplainer:
         return {n: d.to(images.dtype) for n, d in zip(names, out, strict=True)}, targets
 
     def saliency(self, vectors: dict[str, Tensor], height: int, width: int) -> tuple[Tensor, Tensor]:
-        """``(M_b, M_c)`` built from the benchmark vectors exactly as DM builds them (Eq. 9-10)."""
-        stage = Stage("benchmark", self.vectors, 1)
-        outcome = ScheduleOutcome(vectors=vectors, history={}, names={}, plan=[stage], passes=0)
+        """``(M_b, M_c)`` built from the predicted vectors exactly as DM builds them (Eq. 9-10)."""
+        outcome = ScheduleOutcome(vectors=vectors, history={}, names={}, plan=self.stages, passes=0)
         mc = combine(outcome, height, width, self.upsample)
         mb, _, _ = dm_combine_threshold(mc, self.threshold)
         return mb, mc
@@ -123,6 +160,7 @@ class AmortisedExplainer:
             },
             "layer": self.layer,
             "skips": list(self.skips),
+            "image_size": None if self.image_size is None else [int(n) for n in self.image_size],
             "schedule": {"name": self.schedule["name"], "params": dict(self.schedule.get("params") or {})},
             "upsample": self.upsample,
             "threshold": {"kind": self.threshold.kind, "value": float(self.threshold.value)},
@@ -179,6 +217,7 @@ def load_explainer(path: str | Path) -> AmortisedExplainer:
         threshold=Threshold(t["kind"], float(t["value"])),
         info=dict(raw.get("info") or {}),
         skips=[str(k) for k in raw.get("skips", [])],
+        image_size=None if raw.get("image_size") is None else tuple(int(n) for n in raw["image_size"]),
     )
     sizes = [tuple(v.size) for v in explainer.vectors]
     if sizes != predictor.sizes:
@@ -194,7 +233,7 @@ def initializer(cfg, schedule, method: str) -> AmortisedExplainer:
     """
     explainer = load_explainer(cfg.init_checkpoint)
     name = OmegaConf.to_container(cfg.schedule).get("name")
-    theirs = [tuple(v.size) for v in explainer.vectors]
+    theirs = [tuple(v.size) for v in explainer.benchmark]
     sizes = [tuple(v.size) for v in schedule.plan(10**6, 10**6)[0].vectors]
     if name != "dm" or sizes != theirs:
         raise ValueError(

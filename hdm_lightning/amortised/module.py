@@ -16,9 +16,9 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from hdm_lightning.amortised.explainer import AmortisedExplainer, benchmark_vectors
+from hdm_lightning.amortised.explainer import AmortisedExplainer, predicted_vectors
 from hdm_lightning.amortised.predictor import FeatureTap, MaskPredictor
-from hdm_lightning.masks.ops import Threshold, dm_row_loss, vector_mask
+from hdm_lightning.masks.ops import Threshold, dm_row_loss, upsample, vector_mask
 from hdm_lightning.models.lightning_classifier import cosine_with_warmup
 
 __all__ = ["TARGETS", "AmortisedMaskModule", "predictor_loss"]
@@ -43,13 +43,27 @@ def predictor_loss(
         images: ``X``, ``[B, C, H, W]``.
         targets: the class of each image, ``[B]``.
         reference: ``f_c(X)``, ``[B]``.
-        vectors: ``d_i`` per benchmark vector, ``[B, 1, a_i, b_i]`` each.
-        specs: the :class:`~hdm_lightning.schedules.base.MaskVector` of each (loss weights, ``reg_on``).
+        vectors: one ``[B, 1, a, b]`` per vector: DM's benchmark vectors ``d_i``, and the auxiliary levels
+            ``c_j^k(i)`` when predicted.
+        specs: the :class:`~hdm_lightning.schedules.base.MaskVector` of each (loss weights, ``reg_on``, guide).
+            A guided vector's mask is ``g(c^k * g(c^{k-1}, a, b), H, W)`` with the guide detached: as in DM,
+            where ``c^{k-1}`` is frozen while level ``k`` is fitted (Eq. 8), each vector learns from its own loss.
         upsample_mode: ``g``'s interpolation.
         reg_scale: a factor on every ``eta`` (the training's warm-up of ``L_R``; 1: DM's loss).
     """
     h, w = images.shape[-2:]
-    pairs = [vector_mask(d, None, h, w, s.reg_on, upsample_mode) for d, s in zip(vectors, specs, strict=True)]
+    by_name = {s.name: d for d, s in zip(vectors, specs, strict=True)}
+    pairs = [
+        vector_mask(
+            d,
+            None if s.guide is None else guide(by_name[s.guide], s.size, upsample_mode),
+            h,
+            w,
+            s.reg_on,
+            upsample_mode,
+        )
+        for d, s in zip(vectors, specs, strict=True)
+    ]
     ms, regs = zip(*pairs, strict=True)
     n = len(vectors)
     x = (torch.stack(ms) * images.unsqueeze(0)).flatten(0, 1)
@@ -57,6 +71,11 @@ def predictor_loss(
     wc = torch.tensor([s.consistency_weight for s in specs], dtype=act.dtype, device=act.device)[:, None]
     wr = torch.tensor([reg_scale * s.reg_weight for s in specs], dtype=act.dtype, device=act.device)[:, None]
     return dm_row_loss(act, reference[None, :].to(act.dtype), torch.stack(regs), wc, wr)
+
+
+def guide(parent: Tensor, size: tuple[int, int], upsample_mode: str) -> Tensor:
+    """``g(c^{k-1}, a, b)``, detached: the frozen guide of a level-``k`` vector (HDM paper Eq. 8)."""
+    return upsample(parent.detach(), size[0], size[1], upsample_mode)
 
 
 class AmortisedMaskModule(L.LightningModule):
@@ -79,6 +98,8 @@ class AmortisedMaskModule(L.LightningModule):
         seed: every epoch reseeds with ``seed + epoch`` (shuffling, augmentation, random targets), so an epoch
             redone after an interruption is the epoch an uninterrupted run trains.
         skips: earlier classifier layers the predictor also reads (dotted paths), and ``skip_channels`` theirs.
+        image_size: ``[H, W]`` of the training images when the predictor also outputs DM's auxiliary levels
+            (their sizes depend on it); ``None``: the benchmark vectors only.
         classifier: the frozen classifier (not a hyper-parameter; not saved in checkpoints).
     """
 
@@ -99,13 +120,15 @@ class AmortisedMaskModule(L.LightningModule):
         output: str = "sigmoid",
         skips: list | None = None,
         skip_channels: list | None = None,
+        image_size: list | None = None,
         classifier: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if target not in TARGETS:
             raise ValueError(f"target must be one of {list(TARGETS)}, got {target!r}")
         self.save_hyperparameters(ignore=["classifier"])
-        self.specs = benchmark_vectors(schedule)
+        size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
+        self.specs = [v for stage in predicted_vectors(schedule, size) for v in stage.vectors]
         sizes = [v.size for v in self.specs]
         self.predictor = MaskPredictor(in_channels, num_classes, sizes, hidden, tau, output, skip_channels or [])
         object.__setattr__(self, "classifier", classifier)  # deliberately not a submodule
@@ -147,6 +170,7 @@ class AmortisedMaskModule(L.LightningModule):
             upsample=self.hparams.upsample,
             threshold=Threshold(t["kind"], float(t["value"])),
             skips=list(self.hparams.skips or []),
+            image_size=None if self.hparams.image_size is None else tuple(self.hparams.image_size),
         )
 
     def _targets(self, logits: Tensor, labels: Tensor) -> Tensor:

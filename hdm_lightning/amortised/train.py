@@ -56,6 +56,9 @@ class PredictorConfig:
 
     layer: str | None = None  # the classifier layer it reads (dotted path); null: the layer Grad-CAM uses
     skips: list[str] = field(default_factory=list)  # earlier (finer) layers it also reads, e.g. [features.1]
+    # also predict DM's auxiliary levels c_j^k(i) (Eq. 7-8; sizes for the classifier's input size), so the map
+    # combines every vector DM's does; false: the benchmark vectors d_i only
+    levels: bool = False
     hidden: int = 64  # channels of its layers
     tau: float = 0.5  # its output before training (DM's initial mask value)
     # sigmoid | clamp (DM's projection onto [0, 1], gradient passed straight through) | stretched (a sigmoid
@@ -162,6 +165,11 @@ def load_explainer_config(path: str | Path | None, overrides: list[str] | None =
         raise ConfigError(f"bad config key 'explainer.{key}': {str(e).splitlines()[0]}") from None
     try:
         benchmark_vectors(OmegaConf.to_container(settings.schedule))
+        if cfg.predictor.levels and settings.aux_reference != "original":
+            raise ValueError(
+                f"predictor.levels needs aux_reference: original (Eq. 8), got {settings.aux_reference!r}: the "
+                "predictor has no fitted guide activation to match"
+            )
         if settings.threshold.kind != "quantile":
             raise ValueError(f"threshold.kind must be quantile for DM maps, got {settings.threshold.kind!r}")
     except ValueError as e:
@@ -278,6 +286,7 @@ def _module(cfg: DictConfig, classifier) -> AmortisedMaskModule:
         output=str(cfg.predictor.output),
         skips=list(tap.skips),
         skip_channels=[int(f.shape[1]) for f in feats[1:]],
+        image_size=[size, size] if cfg.predictor.levels else None,
     )
     module.attach(classifier.model)
     return module

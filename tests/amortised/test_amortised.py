@@ -20,7 +20,8 @@ from hdm_lightning.amortised import (
     load_explainer,
     predictor_loss,
 )
-from hdm_lightning.amortised.explainer import benchmark_vectors
+from hdm_lightning.amortised.explainer import benchmark_vectors, predicted_vectors
+from hdm_lightning.amortised.module import guide
 from hdm_lightning.amortised.train import load_explainer_config
 from hdm_lightning.cli import explain_main, train_classifier_main, train_explainer_main
 from hdm_lightning.data.synthetic import generate_shapes
@@ -69,6 +70,20 @@ def test_predictor_loss_is_the_dm_stage_loss():
     amortised = predictor_loss(model, x, selector.targets, selector.reference, vectors, specs)
     torch.testing.assert_close(amortised, dm, rtol=0, atol=0)
     assert dm.shape == (3, 3) and bool((dm > 0).all())
+    # an auxiliary level (Eq. 8): its guide is the frozen level below, upsampled to its size
+    stages = predicted_vectors(SCHEDULE, (32, 32))
+    assert [s.name for s in stages][:2] == ["benchmark", "level1"]
+    level = stages[1]
+    below = {v.name: d for v, d in zip(specs, vectors, strict=True)}
+    level_vectors = [torch.rand(3, 1, *v.size) for v in level.vectors]
+    guides = [guide(below[v.guide], v.size, "bilinear") for v in level.vectors]
+    reference = torch.stack([selector.reference] * len(level.vectors))
+    module = MaskStageModule(model, selector, x, level, level_vectors, guides, reference)
+    dm = module.chunk_losses(0, len(level.vectors), 0, 3)
+    both = predictor_loss(
+        model, x, selector.targets, selector.reference, vectors + level_vectors, specs + level.vectors
+    )
+    torch.testing.assert_close(both[len(specs) :], dm, rtol=0, atol=0)
 
 
 @pytest.fixture(scope="module")
@@ -304,3 +319,30 @@ def test_skip_layers_reach_the_output_and_survive_the_file(tmp_path):
     assert loaded.skips == ["features.1"]
     vectors, _ = loaded.predict(model, images, targets)
     torch.testing.assert_close(vectors[loaded.vectors[1].name], out[1])
+
+
+def test_auxiliary_levels_are_predicted_combined_and_kept_in_the_file(tmp_path):
+    """With levels the predictor outputs every vector DM fits at that image size, and the map sums them all."""
+    torch.manual_seed(0)
+    model = build_backbone("small_cnn", 3).eval()
+    stages = predicted_vectors(SCHEDULE, (32, 32))
+    specs = [v for stage in stages for v in stage.vectors]
+    assert len(stages) > 1 and all(v.guide is not None for v in stages[1].vectors)
+    p = MaskPredictor(128, 3, [v.size for v in specs], hidden=8)
+    with torch.no_grad():
+        for head in p.heads:
+            head.weight.normal_(0.0, 5.0)
+    explainer = AmortisedExplainer(p.eval(), None, SCHEDULE, image_size=(32, 32))
+    loaded = load_explainer(explainer.save(tmp_path / "explainer.pt"))
+    assert loaded.image_size == (32, 32) and [v.name for v in loaded.vectors] == [v.name for v in specs]
+    assert [v.size for v in loaded.benchmark] == [(3, 3), (4, 4), (5, 5)]
+    images = torch.randn(2, 3, 32, 32)
+    vectors, _ = loaded.predict(model, images, torch.tensor([0, 1]))
+    assert set(vectors) == {v.name for v in specs}
+    _, mc = loaded.saliency(vectors, 32, 32)
+    outcome = ScheduleOutcome(vectors=vectors, history={}, names={}, plan=stages, passes=0)
+    torch.testing.assert_close(mc, combine(outcome, 32, 32, "bilinear"))
+    benchmark_only = ScheduleOutcome(vectors=vectors, history={}, names={}, plan=stages[:1], passes=0)
+    assert not torch.allclose(mc, combine(benchmark_only, 32, 32, "bilinear"))  # the levels count
+    with pytest.raises(ValueError, match="auxiliary levels for 32x32 images, got 64x64"):
+        loaded.predict(model, torch.randn(1, 3, 64, 64), None)
