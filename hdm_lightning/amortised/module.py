@@ -23,7 +23,7 @@ from hdm_lightning.models.lightning_classifier import cosine_with_warmup
 
 __all__ = ["TARGETS", "AmortisedMaskModule", "predictor_loss"]
 
-TARGETS = ("predicted", "label", "random")
+TARGETS = ("predicted", "label", "random", "mixed")
 
 
 def predictor_loss(
@@ -91,7 +91,10 @@ class AmortisedMaskModule(L.LightningModule):
         hidden: the predictor's channels.
         output: the predictor's output: ``sigmoid`` or ``clamp`` (DM's projection).
         tau: the predictor's initial output (DM's initial value).
-        target: which class each training image is explained for: ``predicted``, ``label`` or ``random``.
+        target: which class each training image is explained for: ``predicted``, ``label``, ``random``, or
+            ``mixed`` (the predicted class for half the images, a random one for the others: the class
+            embedding then learns what each class keeps, so the maps pass the random-logit test). Validation
+            uses the predicted class (or the label for ``label``).
         optim: ``lr``, ``weight_decay``, ``warmup_epochs``, and ``reg_warmup_epochs``: ``eta`` ramps linearly from 0
             to its value over these training epochs (per step); validation always uses the full ``eta``.
         max_epochs: length of the cosine learning-rate decay.
@@ -177,9 +180,14 @@ class AmortisedMaskModule(L.LightningModule):
         kind = self.hparams.target
         if kind == "label":
             return labels
+        predicted = logits.argmax(1)
+        if kind == "predicted" or not self.training:  # validation: the class explain.py explains by default
+            return predicted
+        drawn = torch.randint(0, logits.shape[1], labels.shape, device=labels.device)
         if kind == "random":
-            return torch.randint(0, logits.shape[1], labels.shape, device=labels.device)
-        return logits.argmax(1)
+            return drawn
+        keep = torch.rand(labels.shape, device=labels.device) < 0.5  # mixed: half predicted, half a random class
+        return torch.where(keep, predicted, drawn)
 
     def reg_scale(self) -> float:
         """The warm-up factor on ``eta`` at this training step (1 after ``reg_warmup_epochs``, and in validation)."""

@@ -89,7 +89,9 @@ class TrainExplainerConfig:
     explainer: dict[str, Any] = field(default_factory=dict)  # overrides of the preset (schedule, threshold, upsample)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)  # the classifier to explain (frozen)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
-    target: str = "predicted"  # the class each training image is explained for: predicted | label | random
+    # the class each training image is explained for: predicted | label | random | mixed (half predicted, half
+    # random: with predicted alone the class embedding is never asked for another class's map)
+    target: str = "predicted"
     augment: str = "flip"  # standard (random resized crop + flip) | flip | none
     train_split: str = "train"  # data.split used for training
     val_split: str = "test"  # ... and for validation (CUB has train/test; synthetic train/val/test)

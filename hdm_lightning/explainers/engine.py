@@ -88,8 +88,8 @@ def train_schedule(
         early_stop: optional per-row plateau stop.
         settings: device, precision, chunking, logger and callbacks.
         prefix: log-key prefix (``"dm1"``).
-        initial: starting values of vectors without ``init_from`` by name (``init: amortised``: a predictor's
-            benchmark vectors), clamped to [0, 1]; the others start at ``tau``.
+        initial: starting values by name (``init: amortised``: a predictor's benchmark vectors, and its auxiliary
+            levels when it predicts them), clamped to [0, 1]; they replace ``tau`` and Eq. 7's ``init_from``.
     """
     if aux_reference not in AUX_REFERENCES:
         raise ValueError(f"aux_reference must be one of {list(AUX_REFERENCES)}, got {aux_reference!r}")
@@ -141,10 +141,10 @@ class _ScheduleRun:
         init, guides, refs = [], [], []
         for v in stage.vectors:
             a, bb = v.size
-            if v.init_from is not None:
-                init.append(upsample(self.trained[v.init_from], a, bb, self.upsample_mode).clamp(0.0, 1.0))
-            elif v.name in self.initial:
+            if v.name in self.initial:  # a given start (a predictor's vector) replaces tau and Eq. 7 alike
                 init.append(self.initial[v.name].to(self.images).clamp(0.0, 1.0))
+            elif v.init_from is not None:
+                init.append(upsample(self.trained[v.init_from], a, bb, self.upsample_mode).clamp(0.0, 1.0))
             else:
                 init.append(
                     torch.full((b, 1, a, bb), float(self.tau), dtype=self.images.dtype, device=self.images.device)

@@ -198,7 +198,7 @@ class _MaskMethod(SaliencyMethod):
         """One DM/MDM run ``Q(x)``: train the schedule on ``x`` against ``f_p(x)``."""
         reference = selector.evaluate(x)
         initial = None
-        if self.initializer is not None:  # init: amortised: one forward pass predicts the benchmark vectors
+        if self.initializer is not None:  # init: amortised: one forward pass predicts the vectors
             if selector.fn is not None:
                 raise ValueError("init: amortised explains classes: pass class targets, not a callable selector")
             initial, _ = self.initializer.predict(self.model, x, selector.targets)

@@ -167,7 +167,8 @@ wandb: {{mode: disabled}}
 
 
 def test_init_amortised_starts_the_fit_at_the_prediction(trained):
-    """With ``init: amortised`` the benchmark vectors start at the predictor's output; one step moves them little."""
+    """With ``init: amortised`` every predicted vector (benchmark, levels) starts at the prediction; one step moves
+    them little."""
     classifier_file, out = trained
     clf = load_classifier({"checkpoint": str(classifier_file)})
     x, _ = _shapes(3, 32)
@@ -180,6 +181,7 @@ def test_init_amortised_starts_the_fit_at_the_prediction(trained):
         "init_checkpoint": str(out / "explainer.pt"),
     }
     e = build_method("dm", clf.model, {"config": config}).explain(x).explanation
+    assert len(start) > 3  # the shipped config predicts the auxiliary levels too: they start at the prediction as well
     for name, d in start.items():
         assert float((e.stages[0].vectors[name] - d).abs().max()) <= 1.5e-4
     tau = build_method("dm", clf.model, {"config": {**config, "init": "tau"}}).explain(x).explanation
