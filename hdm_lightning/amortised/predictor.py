@@ -10,7 +10,8 @@ randomisation sanity checks).
 
 Architecture (a project decision; nothing in the papers fixes it): per-image normalised features (a group norm with
 one group: no batch statistics, so a map never depends on the other images of its batch) -> 1x1 conv to ``hidden``
-channels -> times the class embedding -> two 3x3 conv + ReLU -> per vector size ``(a, b)``: resampled to ``a x b``
+channels -> times the class embedding (-> plus the reduced features of finer ``skips`` layers, at the finest
+resolution) -> two 3x3 conv + ReLU -> per vector size ``(a, b)``: resampled to ``a x b``
 (area average when shrinking, bilinear when growing), a 1x1 conv and a sigmoid (``output: sigmoid``, the default), or
 DM's projection onto [0, 1] with its gradient passed straight through (``output: clamp``: the gradient is taken at the
 projected values and applied to the unprojected ones, as DM's projected Adam does). The heads start at ``tau``
