@@ -34,15 +34,19 @@ EXPLAINER_FORMAT = "hdm_lightning.explainer"
 EXPLAINER_VERSION = 2  # 2: skip layers, auxiliary levels (files of version 1 read unchanged)
 
 
-def benchmark_vectors(schedule: dict) -> tuple[MaskVector, ...]:
-    """The benchmark vectors ``d_i`` of a ``dm`` schedule ``{"name": "dm", "params": {...}}`` (sizes, ``eta``)."""
+def _dm_plan(schedule: dict, height: int, width: int) -> list[Stage]:
+    """The stages of a ``dm`` schedule ``{"name": "dm", "params": {...}}`` for ``height x width`` images."""
     if schedule.get("name") != "dm":
         raise ValueError(
             f"the amortised explainer predicts the benchmark vectors of the 'dm' schedule; got schedule "
             f"{schedule.get('name')!r}: use schedule.name=dm"
         )
-    plan = build_schedule("dm", dict(schedule.get("params") or {})).plan(10**6, 10**6)  # stage 0 needs no image size
-    return plan[0].vectors
+    return list(build_schedule("dm", dict(schedule.get("params") or {})).plan(height, width))
+
+
+def benchmark_vectors(schedule: dict) -> tuple[MaskVector, ...]:
+    """The benchmark vectors ``d_i`` of a ``dm`` schedule (sizes, ``eta``)."""
+    return _dm_plan(schedule, 10**6, 10**6)[0].vectors  # stage 0 needs no image size
 
 
 def predicted_vectors(schedule: dict, image_size: tuple[int, int] | None) -> list[Stage]:
@@ -53,8 +57,7 @@ def predicted_vectors(schedule: dict, image_size: tuple[int, int] | None) -> lis
     """
     if image_size is None:
         return [Stage("benchmark", benchmark_vectors(schedule), 1)]
-    benchmark_vectors(schedule)  # the schedule check
-    return list(build_schedule("dm", dict(schedule.get("params") or {})).plan(*image_size))
+    return _dm_plan(schedule, *image_size)
 
 
 def _channels(counts: list[int]) -> str:

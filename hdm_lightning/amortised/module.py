@@ -12,6 +12,8 @@ The classifier is a plain attribute, not a submodule: Lightning's checkpoints an
 
 from __future__ import annotations
 
+import copy
+
 import lightning as L
 import torch
 from torch import Tensor, nn
@@ -157,17 +159,8 @@ class AmortisedMaskModule(L.LightningModule):
     def explainer(self) -> AmortisedExplainer:
         """The predictor with the settings it predicts for (what ``explainer.pt`` holds)."""
         t = self.hparams.threshold
-        predictor = MaskPredictor(
-            self.hparams.in_channels,
-            self.hparams.num_classes,
-            [v.size for v in self.specs],
-            self.hparams.hidden,
-            output=self.hparams.output,
-            skip_channels=self.hparams.skip_channels or [],
-        )
-        predictor.load_state_dict({k: v.detach().cpu() for k, v in self.predictor.state_dict().items()})
         return AmortisedExplainer(
-            predictor=predictor.eval(),
+            predictor=copy.deepcopy(self.predictor).cpu().eval(),  # a copy: training goes on with the original
             layer=self._tap.layer if self._tap is not None else self.hparams.layer,
             schedule=dict(self.hparams.schedule),
             upsample=self.hparams.upsample,
