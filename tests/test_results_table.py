@@ -68,3 +68,17 @@ def test_the_amortised_curve_orders_refinement_steps_and_draws_the_reference(tmp
     assert [ln.split(" | ")[1] for ln in lines[2:6]] == ["amortised", "hdm_refine_2", "hdm_refine_10", "hdm"]
     assert lines[3].startswith("| 2 | hdm_refine_2 | 64 | 0.350 [") and lines[5].startswith("| ref | hdm | 760 |")
     assert (tmp_path / "c.png").stat().st_size > 1000
+    # a second series; a series with its own k = 0 does not borrow the prediction's row
+    records["hdm_refine_0"], records["amortised_refine_3"] = rows(0.05, 20), rows(0.02, 33)
+    write_tables(tmp_path, records, ["deletion_insertion"])
+    args = [str(tmp_path), "--metrics", "insertion", "--prefix", "hdm_refine_", "amortised_refine_"]
+    assert main([*args, "--out", str(tmp_path / "d.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split(" | ")[1] for ln in lines[2:8]] == [
+        "hdm_refine_0",
+        "hdm_refine_2",
+        "hdm_refine_10",
+        "amortised",
+        "amortised_refine_3",
+        "hdm",
+    ]

@@ -124,6 +124,14 @@ class AmortisedExplainer:
     @torch.no_grad()
     def predict(self, model: nn.Module, images: Tensor, targets: Tensor | None) -> tuple[dict[str, Tensor], Tensor]:
         """One forward pass of ``model``: ``({name: d_i [B, 1, a, b]}, targets [B])`` (``None``: predicted class)."""
+        raw, targets, _ = self.predict_raw(model, images, targets)
+        return {n: self.predictor.activate(z).to(images.dtype) for n, z in raw.items()}, targets
+
+    @torch.no_grad()
+    def predict_raw(
+        self, model: nn.Module, images: Tensor, targets: Tensor | None
+    ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """One forward pass: ``({name: head output before activation}, targets [B], f_c(images) [B])``."""
         if self.image_size is not None and tuple(images.shape[-2:]) != tuple(self.image_size):
             raise ValueError(
                 f"this amortised explainer predicts DM's auxiliary levels for {self.image_size[0]}x"
@@ -135,9 +143,10 @@ class AmortisedExplainer:
         if targets is None:
             targets = logits.argmax(1)
         self.predictor.to(device=logits.device)
-        out = self.predictor([f.float() for f in feats], targets)
+        out = self.predictor.logits([f.float() for f in feats], targets)
         names = [v.name for v in self.vectors]
-        return {n: d.to(images.dtype) for n, d in zip(names, out, strict=True)}, targets
+        reference = logits.gather(1, targets[:, None].to(logits.device))[:, 0]
+        return dict(zip(names, out, strict=True)), targets, reference
 
     def saliency(self, vectors: dict[str, Tensor], height: int, width: int) -> tuple[Tensor, Tensor]:
         """``(M_b, M_c)`` built from the predicted vectors exactly as DM builds them (Eq. 9-10)."""

@@ -176,6 +176,10 @@ class MaskPredictor(nn.Module):
 
     def forward(self, features: Tensor | Sequence[Tensor], targets: Tensor) -> list[Tensor]:
         """One vector ``[B, 1, a, b]`` per size from the main features (and the skip features, in order)."""
+        return [self.activate(z) for z in self.logits(features, targets)]
+
+    def logits(self, features: Tensor | Sequence[Tensor], targets: Tensor) -> list[Tensor]:
+        """The heads' outputs before :meth:`activate`: one ``[B, 1, a, b]`` per size (what refinement optimises)."""
         feats = [features] if isinstance(features, Tensor) else list(features)
         if len(feats) != 1 + len(self.skips):
             raise ValueError(f"the predictor reads {1 + len(self.skips)} feature layers, got {len(feats)}")
@@ -186,12 +190,15 @@ class MaskPredictor(nn.Module):
             for conv, f in zip(self.skips, feats[1:], strict=True):
                 z = z + resample(conv(F.group_norm(f, 1)), fine)
         z = self.body(z)
-        out = [head(resample(z, size)) for size, head in zip(self.sizes, self.heads, strict=True)]
+        return [head(resample(z, size)) for size, head in zip(self.sizes, self.heads, strict=True)]
+
+    def activate(self, z: Tensor) -> Tensor:
+        """A head's output ``z`` -> mask values in [0, 1] (sigmoid, or projected with a straight-through gradient)."""
         if self.output == "sigmoid":
-            return [torch.sigmoid(o) for o in out]
+            return torch.sigmoid(z)
         if self.output == "stretched":
-            out = [torch.sigmoid(o) * (1.0 + 2.0 * STRETCH) - STRETCH for o in out]
-        return [o + (o.clamp(0.0, 1.0) - o).detach() for o in out]  # projected; gradient straight through
+            z = torch.sigmoid(z) * (1.0 + 2.0 * STRETCH) - STRETCH
+        return z + (z.clamp(0.0, 1.0) - z).detach()  # projected; gradient straight through
 
 
 def _inverse_output(value: float, output: str) -> float:

@@ -145,6 +145,11 @@ class _ScheduleRun:
                 init.append(self.initial[v.name].to(self.images).clamp(0.0, 1.0))
             elif v.init_from is not None:
                 init.append(upsample(self.trained[v.init_from], a, bb, self.upsample_mode).clamp(0.0, 1.0))
+            elif stage.steps == 0:
+                raise ValueError(
+                    f"stage {stage.name!r} has 0 steps, so vector {v.name!r} would stay at tau: give it steps, or "
+                    "start it from a predictor (init: amortised)"
+                )
             else:
                 init.append(
                     torch.full((b, 1, a, bb), float(self.tau), dtype=self.images.dtype, device=self.images.device)

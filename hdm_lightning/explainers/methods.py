@@ -95,6 +95,11 @@ class _MaskMethod(SaliencyMethod):
         es = cfg.early_stop
         early = EarlyStop(es.min_steps, es.patience, es.min_delta) if es.enabled else None
         check_init(cfg.get("init", "tau"), cfg.get("init_checkpoint"))
+        if cfg.get("init", "tau") != "amortised" and schedule.plan(10**6, 10**6)[0].steps == 0:
+            raise ValueError(
+                f"schedule {cfg.schedule.name!r} has 0 steps for its first vectors: they would stay at tau "
+                f"({cfg.tau}). Set epochs >= 1, or start them from a predictor (init: amortised, init_checkpoint: ...)"
+            )
         return threshold, schedule, early, mask_optim(cfg.optim)
 
     def _initializer(self, cfg):

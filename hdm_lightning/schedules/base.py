@@ -59,7 +59,12 @@ class MaskVector:
 
 @dataclass(frozen=True)
 class Stage:
-    """A set of independent vectors trained together for ``steps`` optimiser steps (one fit)."""
+    """A set of independent vectors trained together for ``steps`` optimiser steps (one fit).
+
+    ``steps: 0`` keeps the vectors at their start (no fit): meaningful only when each starts from a given value (a
+    predictor's, ``init: amortised``) or from Eq. 7's ``init_from``; a vector that would stay at ``tau`` is refused
+    when the stage runs.
+    """
 
     name: str
     vectors: tuple[MaskVector, ...]
@@ -69,8 +74,8 @@ class Stage:
     def __post_init__(self) -> None:
         if not self.vectors:
             raise ValueError(f"stage {self.name!r} has no vectors")
-        if int(self.steps) != self.steps or self.steps < 1:
-            raise ValueError(f"stage {self.name!r}: steps must be a positive integer, got {self.steps!r}")
+        if int(self.steps) != self.steps or self.steps < 0:
+            raise ValueError(f"stage {self.name!r}: steps must be an integer >= 0, got {self.steps!r}")
 
 
 def validate_plan(stages: list[Stage], height: int, width: int) -> None:

@@ -43,10 +43,12 @@ class DMSchedule(MaskSchedule):
     Args:
         sizes: benchmark vector sizes (paper CUB: 6..11, ``a_i = i + 5``, ``D = 6``).
         factors: integer factors ``t_j`` (paper CUB ``{2, 3, 5}``, iChallenge-PM ``{2, 3}``).
-        epochs: steps ``C`` per benchmark vector (paper: 800).
+        epochs: steps ``C`` per benchmark vector (paper: 800). 0 keeps the vectors at their start: only with
+            ``init: amortised`` (a predictor's vectors; the method refuses it from ``tau``).
         lr: Adam learning rate (paper: 1e-2).
         eta: ``eta_i``, weight of ``L_R(g(d_i))`` (paper: 100).
-        aux_epochs: steps per auxiliary level (``C_i^{(k,j)}``); default ``epochs``.
+        aux_epochs: steps per auxiliary level (``C_i^{(k,j)}``); default ``epochs`` (0: Eq. 7's start, or the
+            predicted level).
         aux_lr: learning rate of auxiliary vectors (``eta_i^{(k,j)}`` in Alg. 1); default ``lr``.
         aux_eta: weight of ``L_R(g(c_j^k(i)))`` (``eta_i^{(k,j)}`` in Eq. 8); default ``eta``.
         max_level: optional cap on ``k`` (cheaper ablations); ``None`` uses ``K_j^i``.
@@ -72,8 +74,8 @@ class DMSchedule(MaskSchedule):
             raise ValueError(f"factors must be distinct, got {list(factors)!r}")
         self.epochs = int(epochs)
         self.aux_epochs = int(aux_epochs) if aux_epochs is not None else self.epochs
-        if self.epochs < 1 or self.aux_epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {epochs!r} / aux_epochs {aux_epochs!r}")
+        if self.epochs < 0 or self.aux_epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {epochs!r} / aux_epochs {aux_epochs!r}")
         self.lr, self.aux_lr = float(lr), float(aux_lr if aux_lr is not None else lr)
         _positive("lr", self.lr)
         _positive("aux_lr", self.aux_lr)

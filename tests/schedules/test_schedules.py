@@ -51,7 +51,7 @@ def test_mdm_plan_paper():
     [
         ("dm", {"sizes": [6, 6]}, "must be distinct"),
         ("dm", {"factors": [1]}, "factors must be integers >= 2"),
-        ("dm", {"epochs": 0}, "epochs must be >= 1"),
+        ("dm", {"epochs": -1}, "epochs must be >= 0"),
         ("dm", {"lr": -1}, "lr must be > 0"),
         ("dm", {"sizes": ["big"]}, "an int or an \\[a, b\\] pair, got 'big'"),
         ("dm", {"step": 3}, "Known parameters: \\['sizes'"),
