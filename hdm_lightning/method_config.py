@@ -98,8 +98,8 @@ class DMConfig:
     aux_reference: str = "original"  # 'original' (Eq. 8) or 'previous' (Alg. 1 line 19)
     upsample: str = "bilinear"  # g: 'bilinear' (align_corners=False) or 'nearest'
     tau: float = 0.5  # initial mask value
-    # tau: every vector starts at tau (the papers) | amortised: the benchmark vectors start at a trained predictor's
-    # output for the image (train_explainer.py), then the fits run the schedule's steps
+    # tau: every vector starts at tau (the papers) | amortised: the vectors it predicts (benchmark, and levels) start at
+    # a trained predictor's output for the image (train_explainer.py), then the schedule's steps run (epochs 0: none)
     init: str = "tau"
     init_checkpoint: str | None = None  # init amortised: the explainer.pt that train_explainer.py wrote
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
