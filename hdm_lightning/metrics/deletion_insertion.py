@@ -10,7 +10,14 @@ from torch import Tensor, nn
 
 from hdm_lightning.metrics.base import ModelMetric, mean_or_nan
 from hdm_lightning.metrics.family import register_metric
-from hdm_lightning.metrics.perturbation import as_channel_tensor, check_inputs, make_canvas, rank_positions, step_counts
+from hdm_lightning.metrics.perturbation import (
+    TIES,
+    as_channel_tensor,
+    check_inputs,
+    make_canvas,
+    rank_positions,
+    step_counts,
+)
 
 __all__ = ["DELETION_VALUES", "INSERTION_CANVASES", "DeletionInsertion"]
 
@@ -42,6 +49,9 @@ class DeletionInsertion(ModelMetric):
         batch_size: most perturbed images per forward; all ``steps + 1`` copies of all images share the chunks.
         blur_kernel: odd kernel side of the blur; ``None`` = about a tenth of the shorter side.
         blur_sigma: Gaussian sigma in pixels; ``None`` = ``0.15 * kernel + 0.35``.
+        ties: the order of pixels with equal saliency: ``"raster"`` (default) or ``"shuffled"``
+            (:func:`~hdm_lightning.metrics.perturbation.rank_order`); set with
+            ``evaluation.params.deletion_insertion: {ties: shuffled}``.
         **kwargs: passed to ``torchmetrics.Metric``.
 
     ``compute()`` keys: ``deletion``, ``insertion`` (mean AUC over images) and ``deletion_curve``,
@@ -75,9 +85,13 @@ class DeletionInsertion(ModelMetric):
         batch_size: int = 64,
         blur_kernel: int | None = None,
         blur_sigma: float | None = None,
+        ties: str = "raster",
         **kwargs: Any,
     ) -> None:
         super().__init__(model, batch_size, **kwargs)
+        if ties not in TIES:
+            raise ValueError(f"deletion_insertion ties must be one of {list(TIES)}, got {ties!r}")
+        self.ties = ties
         step_counts(steps, 1)  # validates steps
         self.steps = int(steps)
         if insertion_canvas not in INSERTION_CANVASES:
@@ -108,7 +122,7 @@ class DeletionInsertion(ModelMetric):
         saliency, target, _ = check_inputs(images, saliency, target, mask, metric=type(self).__name__)
         B, _, H, W = images.shape
         P = self.steps + 1
-        positions = rank_positions(saliency)  # [B, HW]
+        positions = rank_positions(saliency, self.ties)  # [B, HW]
         counts = torch.tensor(step_counts(self.steps, H * W), device=images.device, dtype=torch.long)
         # Curve 0 (deletion): changed pixels come from the deletion canvas, the rest from the image.
         # Curve 1 (insertion): changed pixels come from the image, the rest from the insertion canvas.

@@ -78,6 +78,40 @@ def test_ranking_ties_by_raster_index_and_half_up_counts():
         keep_count(101, 4)
 
 
+def test_shuffled_ties_reorder_only_equal_values_the_same_way_for_every_image():
+    s = torch.tensor([[0.0, 2.0, 2.0, -0.0, 1.0, 2.0]]).view(1, 1, 2, 3)
+    order = rank_order(s, "shuffled")[0].tolist()
+    assert sorted(order[:3]) == [1, 2, 5] and order[3] == 4 and sorted(order[4:]) == [0, 3]  # values still rank
+    flat = torch.zeros(2, 1, 16, 16)
+    shuffled = rank_order(flat, "shuffled")
+    assert shuffled[0].tolist() == shuffled[1].tolist() != list(range(256))  # one fixed order, not raster
+    assert rank_order(flat[:1], "shuffled").tolist() == shuffled[:1].tolist()  # independent of the batch
+    tie_free = torch.randperm(256).float().view(1, 1, 16, 16)
+    assert rank_order(tie_free, "shuffled").tolist() == rank_order(tie_free).tolist()
+    with pytest.raises(ValueError, match="ties must be one of"):
+        rank_order(s, "random")
+
+
+def test_deletion_ties_change_a_sparse_maps_score_and_nothing_else():
+    """A map with a large zero tie scores differently with shuffled ties; a tie-free map scores the same."""
+    torch.manual_seed(0)
+    model = tiny_cnn(3).eval()
+    x, target = torch.randn(2, 3, 16, 16, dtype=torch.float64), torch.tensor([0, 1])
+    sparse = torch.zeros(2, 1, 16, 16, dtype=torch.float64)
+    sparse[:, :, 6:10, 6:10] = torch.rand(2, 1, 4, 4, dtype=torch.float64) + 0.1
+    dense = torch.rand(2, 1, 16, 16, dtype=torch.float64)
+    scores = {}
+    for ties in ("raster", "shuffled"):
+        for name, maps in (("sparse", sparse), ("dense", dense)):
+            metric = DeletionInsertion(model, steps=8, mean=[0.5] * 3, std=[0.25] * 3, ties=ties)
+            metric.update(x, maps, target)
+            scores[ties, name] = metric.compute()["deletion"]
+    assert scores["raster", "dense"] == scores["shuffled", "dense"]
+    assert scores["raster", "sparse"] != scores["shuffled", "sparse"]
+    with pytest.raises(ValueError, match="deletion_insertion ties must be one of"):
+        DeletionInsertion(model, mean=[0.5] * 3, std=[0.25] * 3, ties="random")
+
+
 # ------------------------------------------------------------------------------------ average drop/increase
 
 
