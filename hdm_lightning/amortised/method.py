@@ -54,7 +54,9 @@ class Amortised(SaliencyMethod):
 
     def attribute(self, images: Tensor, target: Tensor) -> Tensor:  # noqa: D102
         if self.refine_steps:
-            vectors, _, _ = refine(self.explainer, self.model, images, target, self.refine_steps, self.refine_lr)
+            vectors, _, _ = refine(
+                self.explainer, self.model, images, target, self.refine_steps, self.refine_lr, final_loss=False
+            )
         else:
             vectors, _ = self.explainer.predict(self.model, images, target)
         mb, _ = self.explainer.saliency(vectors, *images.shape[-2:])

@@ -45,6 +45,7 @@ def refine(
     targets: Tensor | None,
     steps: int,
     lr: float,
+    final_loss: bool = True,
 ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """The predicted vectors after ``steps`` Adam steps of DM's loss: ``({name: [B, 1, a, b]}, targets, losses)``.
 
@@ -55,10 +56,12 @@ def refine(
         targets: the class of each image (``None``: the predicted class).
         steps: Adam steps (0: the prediction itself). Each costs one forward and backward pass per vector and image.
         lr: Adam's learning rate on the head outputs (pre-activation units).
+        final_loss: also score the refined vectors (one more forward pass per vector and image; the ``amortised``
+            method, which needs only the vectors, skips it).
 
     Returns:
-        The vectors, the classes explained, and each image's DM loss before each step and after the last,
-        ``[steps + 1, B]``.
+        The vectors, the classes explained, and each image's DM loss before each step and, with ``final_loss``,
+        after the last: ``[steps + 1, B]`` (``[steps, B]`` without).
     """
     steps, lr = check_refine(steps, lr)
     raw, targets, reference = explainer.predict_raw(model, images, targets)
@@ -80,6 +83,8 @@ def refine(
             history.append(per_image.detach())
             opt.step()
     with torch.no_grad():
-        history.append(losses())
+        if final_loss:
+            history.append(losses())
         vectors = {n: act(q).detach().to(images.dtype) for n, q in zip(names, z, strict=True)}
-    return vectors, targets, torch.stack(history)
+    b = images.shape[0]
+    return vectors, targets, torch.stack(history) if history else images.new_zeros(0, b)

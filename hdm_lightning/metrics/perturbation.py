@@ -31,6 +31,7 @@ from torchvision.transforms.v2 import functional as TF
 
 __all__ = [
     "BASELINES",
+    "TIES",
     "black_canvas",
     "blur_kernel_size",
     "check_inputs",
@@ -44,7 +45,6 @@ __all__ = [
     "rank_positions",
     "step_counts",
     "top_mask",
-    "TIES",
 ]
 
 BASELINES = ("zero", "mean", "blur", "black")
