@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from hdm_lightning.allocator import retain_freed_memory
 from hdm_lightning.amortised.explainer import AmortisedExplainer
 from hdm_lightning.amortised.module import predictor_loss
 
@@ -64,6 +65,8 @@ def refine(
         after the last: ``[steps + 1, B]`` (``[steps, B]`` without).
     """
     steps, lr = check_refine(steps, lr)
+    if steps:
+        retain_freed_memory()  # every step frees and refaults its activations otherwise (hdm_lightning.allocator)
     raw, targets, reference = explainer.predict_raw(model, images, targets)
     names, specs = list(raw), list(explainer.vectors)
     z = [raw[n].detach().clone().requires_grad_(True) for n in names]
