@@ -104,6 +104,10 @@ class DMConfig:
     init_checkpoint: str | None = None  # init amortised: the explainer.pt that train_explainer.py wrote
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     optim: MaskOptimConfig = field(default_factory=MaskOptimConfig)  # mask optimiser: the papers' | stable
+    # the expected map: the mean of this many runs from x + restart_noise * N(0, 1), batched as rows (1: one run, the
+    # papers); HDM averages per stage (docs/methods.md, "Stable maps"). Costs this many times the passes.
+    restarts: int = 1
+    restart_noise: float = 1e-6  # std of the restarts' input noise in normalised units (unused with restarts: 1)
     engine: EngineConfig = field(default_factory=EngineConfig)
 
 
@@ -135,6 +139,10 @@ class MDMConfig:
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     # With dynamics: stable, MDM keeps eps_relative 30 (300 moves its masks even less in short fits).
     optim: MaskOptimConfig = field(default_factory=lambda: MaskOptimConfig(eps_relative=30.0))
+    # the expected map: the mean of this many runs from x + restart_noise * N(0, 1), batched as rows (1: one run, the
+    # papers); HDM averages per stage (docs/methods.md, "Stable maps"). Costs this many times the passes.
+    restarts: int = 1
+    restart_noise: float = 1e-6  # std of the restarts' input noise in normalised units (unused with restarts: 1)
     engine: EngineConfig = field(default_factory=EngineConfig)
 
 

@@ -33,6 +33,13 @@ from hdm_lightning.explainers.engine import FitSettings, combine, fit_resumable,
 from hdm_lightning.explainers.fit import EarlyStop
 from hdm_lightning.explainers.modules import MixingModule
 from hdm_lightning.explainers.optim import MaskOptim
+from hdm_lightning.explainers.restarts import (
+    average_runs,
+    check_restarts,
+    repeat_selector,
+    restart_inputs,
+    run_agreement,
+)
 from hdm_lightning.explainers.result import Explanation, StageResult
 from hdm_lightning.explainers.selectors import ActivationSelector, Target
 from hdm_lightning.masks.ops import (
@@ -42,6 +49,7 @@ from hdm_lightning.masks.ops import (
     hdm_weights,
     hierarchical_masked_image,
     mdm_combine_threshold,
+    mix_maps,
 )
 from hdm_lightning.method_config import check_init
 from hdm_lightning.schedules.base import build_schedule
@@ -95,6 +103,7 @@ class _MaskMethod(SaliencyMethod):
         es = cfg.early_stop
         early = EarlyStop(es.min_steps, es.patience, es.min_delta) if es.enabled else None
         check_init(cfg.get("init", "tau"), cfg.get("init_checkpoint"))
+        check_restarts(cfg.restarts, cfg.restart_noise)
         if cfg.get("init", "tau") != "amortised" and schedule.plan(10**6, 10**6)[0].steps == 0:
             raise ValueError(
                 f"schedule {cfg.schedule.name!r} has 0 steps for its first vectors: they would stay at tau "
@@ -238,9 +247,26 @@ class _MaskMethod(SaliencyMethod):
         )
         return res, outcome.passes
 
+    def _stage_run(
+        self, selector, x0: Tensor, maps: list[Tensor], settings: FitSettings, prefix: str
+    ) -> tuple[StageResult, int]:
+        """``Q(X_{s-1})`` with ``X_{s-1} = (1 - N(sum maps)) X_0`` (``X_0`` when ``maps`` is empty).
+
+        With ``restarts: N > 1``: the mean of ``N`` runs, restart ``k`` on ``X_{s-1}`` made from
+        ``X_0 + sigma n_k`` (:mod:`hdm_lightning.explainers.restarts`), all ``B * N`` of them rows of the same fits.
+        """
+        x = hierarchical_masked_image(x0, maps) if maps else x0
+        n, sigma = int(self.cfg.restarts), float(self.cfg.restart_noise)
+        if n == 1:
+            return self._dm_run(selector, x, settings, prefix)
+        noisy = restart_inputs(x0, n, sigma, int(self.cfg.engine.seed))
+        rows = hierarchical_masked_image(noisy, [m.repeat_interleave(n, 0) for m in maps]) if maps else noisy
+        res, passes = self._dm_run(repeat_selector(selector, n), rows, settings, prefix)
+        return average_runs(res, x, n, selector), passes
+
     def _explain(self, images: Tensor, selector: ActivationSelector, settings: FitSettings) -> Explanation:
-        """One DM/MDM run on ``images``; HDM overrides it."""
-        res, passes = self._dm_run(selector, images, settings, prefix=self.name)
+        """One DM/MDM run on ``images`` (with restarts: the mean of several); HDM overrides it."""
+        res, passes = self._stage_run(selector, images, [], settings, prefix=self.name)
         return Explanation(
             method=self.name,
             saliency=res.saliency,
@@ -251,6 +277,9 @@ class _MaskMethod(SaliencyMethod):
             stages=[res],
             history={f"{self.name}/{k}": v for k, v in res.history.items()},
             passes_per_image=passes // images.shape[0],
+            restarts=int(self.cfg.restarts),
+            spread=res.spread,
+            agreement=res.agreement,
         )
 
 
@@ -302,10 +331,10 @@ class HDM(_MaskMethod):
         x0 = images
         stages, maps, history = [], [], {}
         passes = 0
-        x = x0
         for s in range(1, int(self.cfg.stages) + 1):
             # Q(X_{s-1}): f_p keeps the class chosen on X_0; the reference is f_p(X_{s-1}) (docs/methods.md).
-            res, p = self._dm_run(selector, x, settings, prefix=f"dm{s}")
+            # With restarts, maps holds the stages' mean maps, so every stage sees the same X_{s-1}.
+            res, p = self._stage_run(selector, x0, maps, settings, prefix=f"dm{s}")
             passes += p
             maps.append(res.saliency)
             x = hierarchical_masked_image(x0, maps)  # Eq. 2
@@ -335,6 +364,16 @@ class HDM(_MaskMethod):
             mh = mix.mixed(v).detach()
             w = hdm_weights(v)
             w = w / w.sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+            spread = agreement = None
+            if stages[0].runs is not None:  # restarts: each restart's stage maps mixed with the learned weights
+                runs = torch.stack(
+                    [
+                        mix_maps(torch.stack([st.runs[:, k] for st in stages], 1), v)
+                        for k in range(stages[0].runs.shape[1])
+                    ],
+                    1,
+                )
+                spread, agreement = runs.std(1, correction=1), run_agreement(runs)
         return Explanation(
             method="hdm",
             saliency=mh,
@@ -347,6 +386,9 @@ class HDM(_MaskMethod):
             weights=w,
             mixing_v=v.clone(),
             passes_per_image=passes // images.shape[0],
+            restarts=int(self.cfg.restarts),
+            spread=spread,
+            agreement=agreement,
         )
 
 

@@ -34,6 +34,10 @@ class StageResult:
         history: per fit stage, the loss of every (vector, image) row at every step,
             ``[steps, n_vectors, B]``; rows of vectors stopped early keep their last value.
         vector_names: per fit stage, the vector names in ``history``'s second dimension.
+        runs: with ``restarts: N > 1``, the single runs' maps ``[B, N, 1, H, W]`` (``saliency`` is their mean,
+            ``vectors``, ``combined``, ``gamma`` and ``history`` the runs' means); ``None`` for one run.
+        spread: with restarts, the per-pixel standard deviation of the runs' maps, ``[B, 1, H, W]``.
+        agreement: with restarts, the mean pairwise Pearson correlation of the runs' maps, ``[B]``.
     """
 
     saliency: Tensor
@@ -46,6 +50,9 @@ class StageResult:
     history: dict[str, Tensor]
     vector_names: dict[str, list[str]]
     masked: Tensor | None = None
+    runs: Tensor | None = None
+    spread: Tensor | None = None
+    agreement: Tensor | None = None
 
     def to(self, device) -> StageResult:
         """A copy with every tensor on ``device``."""
@@ -71,6 +78,11 @@ class Explanation:
             ``"mix"``), each ``[steps, n_vectors, B]``.
         passes_per_image: forward+backward sample passes spent per image.
         seconds: wall-clock seconds for the batch.
+        restarts: how many runs each map averages (``restarts``; 1: one run, as the papers).
+        spread: with restarts, the per-pixel standard deviation of the single runs' final maps, ``[B, 1, H, W]``
+            (HDM: each restart's stage maps mixed with the learned weights).
+        agreement: with restarts, the mean pairwise Pearson correlation of those maps, ``[B]``: how much the
+            single runs disagreed (the expected map itself agrees much better with a rerun).
     """
 
     method: str
@@ -85,6 +97,9 @@ class Explanation:
     mixing_v: Tensor | None = None
     passes_per_image: int = 0
     seconds: float = 0.0
+    restarts: int = 1
+    spread: Tensor | None = None
+    agreement: Tensor | None = None
 
     def to(self, device) -> Explanation:
         """A copy with every tensor on ``device``."""

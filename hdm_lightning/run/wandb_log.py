@@ -50,6 +50,9 @@ def log_batch(logger, cfg, costs: dict[str, Attribution], pictures, classifier, 
         metrics[f"cost/{label}/seconds"] = result.seconds
         metrics[f"cost/{label}/forward"] = result.forward_passes
         metrics[f"cost/{label}/backward"] = result.backward_passes
+        exp = result.explanation
+        if exp is not None and exp.agreement is not None:  # restarts: the single runs' mean pairwise Pearson
+            metrics[f"restarts/{label}/agreement"] = float(exp.agreement.double().nanmean())
     logger.log_run(metrics)
     room = max(int(cfg.wandb.max_images) - logged, 0)
     pictures = pictures[:room]

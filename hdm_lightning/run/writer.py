@@ -4,7 +4,8 @@ Layout of a run folder (``output.dir``; a comparison has one such set per method
 
     config.yaml                 the resolved config (method settings included)
     manifest.csv                one row per image: id, status, classes, score, seconds, passes, paths
-    maps/<id>.pt                the maps as tensors (torch.load(..., weights_only=True))
+    maps/<id>.pt                the maps as tensors (torch.load(..., weights_only=True)); with restarts also the
+                                runs' per-pixel spread and their mean pairwise Pearson (restart_agreement)
     overlays/<id>.png           JET heatmap over the image (papers' figures)
     binary/<id>.png             the binary mask
     stages/<id>.png             input, each stage's map, the final map (HDM paper Fig. 5)
@@ -55,6 +56,7 @@ MANIFEST_COLUMNS = (
     "activation",
     "seconds",
     "passes",
+    "restart_agreement",
     "map",
     "overlay",
     "binary",
@@ -106,6 +108,8 @@ def image_tensors(item, out: Explanation | None, i: int, sal: Tensor, target: in
     )
     if out.weights is not None:
         data["weights"] = out.weights[i].float()
+    if out.agreement is not None:  # restarts: how much the single runs disagreed
+        data.update(restarts=int(out.restarts), spread=out.spread[i].float(), restart_agreement=float(out.agreement[i]))
     if keep_stages:
         data["stages"] = [
             {
@@ -121,6 +125,13 @@ def image_tensors(item, out: Explanation | None, i: int, sal: Tensor, target: in
 
 def _round(v: float) -> float | None:
     return None if math.isnan(v) else round(v, 6)
+
+
+def _agreement(exp: Explanation | None, i: int) -> float | None:
+    """The mean pairwise Pearson correlation of image ``i``'s restarts (``None`` without restarts)."""
+    if exp is None or exp.agreement is None:
+        return None
+    return _round(float(exp.agreement[i]))
 
 
 def load_maps(run: MethodRun, items, names) -> Tensor:
@@ -210,6 +221,7 @@ def write_method_batch(cfg, classifier, dataset, run: MethodRun, items, targets,
             "activation": None if exp is None else _round(float(exp.activation[i])),
             "seconds": cost["seconds_per_image"],
             "passes": int(exp.passes_per_image) if exp is not None else cost["backward_per_image"],
+            "restart_agreement": _agreement(exp, i),
             **cost,
             **pics["paths"],
             "metrics": out.metrics[i],
