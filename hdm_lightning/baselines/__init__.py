@@ -5,9 +5,10 @@
 >>> result.maps, result.forward_passes, result.backward_passes  # maps in [0, 1]; samples  # doctest: +SKIP
 
 Families: :mod:`.gradients` (captum), :mod:`.cam` (grad-cam), :mod:`.rise`, :mod:`.perturbation` (Fong & Vedaldi's
-mask), :mod:`.random_map` (the floor), :mod:`.controls` (``centre``, ``edges``, ``blurred``: maps that do not explain
-the classifier, or only smoothly). Importing this package registers them all; DM, HDM and MDM are registered by
-:mod:`hdm_lightning.explainers`, behind the same contract (:mod:`hdm_lightning.contract`).
+mask), :mod:`.extremal` (Fong, Patrick & Vedaldi's extremal perturbations), :mod:`.random_map` (the floor),
+:mod:`.controls` (``centre``, ``edges``, ``blurred``: maps that do not explain the classifier, or only smoothly).
+Importing this package registers them all; DM, HDM and MDM are registered by :mod:`hdm_lightning.explainers`,
+behind the same contract (:mod:`hdm_lightning.contract`).
 """
 
 from hdm_lightning.baselines.cam import (
@@ -22,6 +23,7 @@ from hdm_lightning.baselines.cam import (
     fullgrad_unsupported_reason,
 )
 from hdm_lightning.baselines.controls import BlurredMap, CentreBias, SobelEdges
+from hdm_lightning.baselines.extremal import ExtremalPerturbation
 from hdm_lightning.baselines.gradients import DeepLift, Gradient, IntegratedGradients, distinct_relus
 from hdm_lightning.baselines.layers import TokenReshape, default_target_layer, nhwc_to_nchw, resolve_module
 from hdm_lightning.baselines.perturbation import MeaningfulPerturbation
@@ -35,6 +37,7 @@ __all__ = [
     "CentreBias",
     "DeepLift",
     "EigenCAM",
+    "ExtremalPerturbation",
     "FullGrad",
     "GradCAM",
     "GradCAMPlusPlus",

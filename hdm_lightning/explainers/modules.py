@@ -111,7 +111,8 @@ class MaskStageModule(_FrozenClassifierFit):
         h, w = self.images.shape[-2:]
         guide = self.guides[idx]
         guide = None if guide is None else guide[b0:b1]
-        return vector_mask(p, guide, h, w, self.vectors[idx].reg_on, self.upsample_mode)
+        v = self.vectors[idx]
+        return vector_mask(p, guide, h, w, v.reg_on, self.upsample_mode, v.l2_weight, v.tv_weight)
 
     def chunk_losses(self, v0: int, v1: int, b0: int, b1: int, rows: Tensor | None = None) -> Tensor:
         """Per-row losses ``[v1 - v0, b1 - b0]`` for one rectangle of rows; only ``rows`` (flat indices) if given."""

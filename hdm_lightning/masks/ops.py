@@ -85,8 +85,31 @@ def l1_mean(m: Tensor) -> Tensor:
     return m.abs().mean(dim=(-2, -1))
 
 
+def total_variation(v: Tensor) -> Tensor:
+    """Mean absolute difference of neighbouring elements of ``v`` (``[B, 1, a, b]``), per row ``[B, 1]``.
+
+    Anisotropic total variation, averaged over the vector's horizontal and vertical neighbour pairs (0 for a
+    constant vector, and for a 1 x 1 one).
+    """
+    terms = []
+    if v.shape[-1] > 1:
+        terms.append((v[..., :, 1:] - v[..., :, :-1]).abs().flatten(2).mean(-1))
+    if v.shape[-2] > 1:
+        terms.append((v[..., 1:, :] - v[..., :-1, :]).abs().flatten(2).mean(-1))
+    if not terms:
+        return v.new_zeros(v.shape[:2])
+    return torch.stack(terms).sum(0) / len(terms)
+
+
 def vector_mask(
-    p: Tensor, guide: Tensor | None, height: int, width: int, reg_on: str = "upsampled", mode: str = "bilinear"
+    p: Tensor,
+    guide: Tensor | None,
+    height: int,
+    width: int,
+    reg_on: str = "upsampled",
+    mode: str = "bilinear",
+    l2: float = 0.0,
+    tv: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """Applied mask and ``L_R`` term of one mask vector ``p`` (``[B, 1, a, b]``) for ``height x width`` images.
 
@@ -96,17 +119,26 @@ def vector_mask(
     (:class:`~hdm_lightning.explainers.modules.MaskStageModule`) and the amortised predictor
     (:mod:`hdm_lightning.amortised`) both build their masks here.
 
+    Two optional terms join ``L_R`` (both 0 in the papers): ``l2 * mean(M^2)`` of the same tensor (an elastic net,
+    Zou & Hastie 2005: among correlated evidence the L1 term picks one arbitrarily, the L2 term spreads the mask
+    over the group) and ``tv * TV(p)``, the :func:`total_variation` of the vector itself (smooth masks).
+
     Returns:
         ``(mask [B, 1, H, W], L_R [B])``.
     """
     gated = p if guide is None else p * guide
     m = upsample(gated, height, width, mode)
     if reg_on == "vector":
-        reg = l1_mean(p)
+        on = p
     elif guide is None:
-        reg = l1_mean(m)
+        on = m
     else:
-        reg = l1_mean(upsample(p, height, width, mode))
+        on = upsample(p, height, width, mode)
+    reg = l1_mean(on)
+    if l2:
+        reg = reg + l2 * (on * on).flatten(2).mean(-1)
+    if tv:
+        reg = reg + tv * total_variation(p)
     return m, reg[:, 0]
 
 

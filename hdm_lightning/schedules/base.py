@@ -33,6 +33,8 @@ class MaskVector:
             this one (HDM paper Eq. 7). ``None``: every element starts at the explainer's ``tau``.
         combine_weight: how many times ``g(v, H, W)`` enters the combined map ``M_c`` (HDM paper
             Eq. 9 counts ``c^0_j(i) = d_i`` once per factor ``t_j``); 0 leaves it out.
+        l2_weight: an L2 term next to ``L_R``'s L1: ``L_R + l2_weight * mean(M^2)`` (0 in the papers).
+        tv_weight: a total-variation term on the vector: ``+ tv_weight * TV(v)`` (0 in the papers).
     """
 
     name: str
@@ -44,6 +46,8 @@ class MaskVector:
     guide: str | None = None
     init_from: str | None = None
     combine_weight: float = 1.0
+    l2_weight: float = 0.0
+    tv_weight: float = 0.0
 
     def __post_init__(self) -> None:
         a, b = self.size
@@ -51,7 +55,7 @@ class MaskVector:
             raise ValueError(f"mask vector {self.name!r}: size must be two positive integers, got {self.size!r}")
         if self.lr <= 0:
             raise ValueError(f"mask vector {self.name!r}: lr must be > 0, got {self.lr!r}")
-        if self.reg_weight < 0 or self.consistency_weight < 0:
+        if min(self.reg_weight, self.consistency_weight, self.l2_weight, self.tv_weight) < 0:
             raise ValueError(f"mask vector {self.name!r}: loss weights must be >= 0")
         if self.reg_on not in REG_ON:
             raise ValueError(f"mask vector {self.name!r}: reg_on must be one of {list(REG_ON)}, got {self.reg_on!r}")

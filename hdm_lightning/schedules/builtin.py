@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from hdm_lightning.masks.ops import levels
@@ -52,6 +53,11 @@ class DMSchedule(MaskSchedule):
         aux_lr: learning rate of auxiliary vectors (``eta_i^{(k,j)}`` in Alg. 1); default ``lr``.
         aux_eta: weight of ``L_R(g(c_j^k(i)))`` (``eta_i^{(k,j)}`` in Eq. 8); default ``eta``.
         max_level: optional cap on ``k`` (cheaper ablations); ``None`` uses ``K_j^i``.
+        l2: weight of an L2 term next to ``L_R``'s L1, ``L_R + l2 * mean(g(v)^2)`` on every vector (an elastic
+            net; 0: the papers).
+        tv: weight of a total-variation term ``tv * TV(c_j^k(i))`` on the auxiliary levels ``k >= tv_from_level``
+            (0: the papers).
+        tv_from_level: the first level with the TV term (1: every auxiliary level).
     """
 
     def __init__(
@@ -65,9 +71,17 @@ class DMSchedule(MaskSchedule):
         aux_lr: float | None = None,
         aux_eta: float | None = None,
         max_level: int | None = None,
+        l2: float = 0.0,
+        tv: float = 0.0,
+        tv_from_level: int = 1,
     ) -> None:
         self.sizes = parse_sizes(sizes)
         self.factors = [int(t) for t in factors]
+        self.l2, self.tv, self.tv_from_level = float(l2), float(tv), int(tv_from_level)
+        if not (math.isfinite(self.l2) and math.isfinite(self.tv)) or self.l2 < 0 or self.tv < 0:
+            raise ValueError(f"l2 and tv must be finite and >= 0, got {l2!r} / {tv!r}")
+        if self.tv_from_level < 0:
+            raise ValueError(f"tv_from_level must be >= 0, got {tv_from_level!r}")
         if any(t < 2 or t != f for t, f in zip(self.factors, factors, strict=True)):
             raise ValueError(f"factors must be integers >= 2, got {list(factors)!r}")
         if len(set(self.factors)) != len(self.factors):
@@ -104,6 +118,8 @@ class DMSchedule(MaskSchedule):
                 size=(a, b),
                 lr=self.lr,
                 reg_weight=self.eta,
+                l2_weight=self.l2,
+                tv_weight=self.tv if self.tv_from_level == 0 else 0.0,
                 # Eq. 9 sums c_j^0(i) = d_i once per factor t_j; with no factors d_i still counts once.
                 combine_weight=float(max(n_factors, 1)),
             )
@@ -123,6 +139,8 @@ class DMSchedule(MaskSchedule):
                                 size=(t**k * a, t**k * b),
                                 lr=self.aux_lr,
                                 reg_weight=self.aux_eta,
+                                l2_weight=self.l2,
+                                tv_weight=self.tv if k >= self.tv_from_level else 0.0,
                                 guide=f"d{i}" if k == 1 else f"d{i}/t{t}/k{k - 1}",
                                 init_from=f"d{i}",
                             )

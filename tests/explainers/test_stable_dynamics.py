@@ -1,5 +1,8 @@
 """Stable maps: an explanation depends on the image, the model and the settings, not on round-off.
 
+Two remedies are tested at settings where one run of the papers' dynamics fails: restarts (the mean of several runs
+from x + 1e-6 noise, the papers' dynamics inside) and the stable dynamics.
+
 A real classifier (the bundled ImageNet-pretrained EfficientNet-Lite0, on shipped photos at 96x96 so
 that the test runs in seconds) and a DM schedule with enough steps that the papers' dynamics
 (``optim.dynamics: paper``, the default) turn a 1e-6 change of the input into a different map. The same
@@ -63,6 +66,51 @@ def test_a_map_does_not_depend_on_the_batch_it_is_explained_in(lite0):
     model, x = lite0
     alone = _dm(model, x[:1], **STABLE)
     together = _dm(model, x, **STABLE)[:1]
+    agree = map_agreement(alone, together)
+    assert agree["pearson"].item() >= 0.99, agree
+    assert agree["iou20"].item() >= 0.90, agree
+
+
+# Restarts (the expected map, the papers' dynamics inside) at settings where one run of the papers' dynamics misses the
+# target under 1e-6 noise (measured: Pearson 0.972, top-20 % IoU 0.88 on chelsea) and 8 restarts reach it (0.997,
+# 0.966). Smaller than the 224 px of the documented figures, so that the suite can afford 8 runs per image.
+RESTART_SIZE = 48
+RESTART_DM = {"schedule": {"params": {"sizes": [3, 4], "factors": [2], "epochs": 20, "lr": 0.02, "eta": 100.0}}}
+RESTARTS = {"restarts": 8, "restart_noise": 1e-6}
+
+
+@pytest.fixture(scope="module")
+def lite0_48():
+    from hdm_lightning.data.photos import demo_photos
+    from hdm_lightning.models import load_efficientnet_lite0
+    from hdm_lightning.models.preprocess import Preprocess
+
+    model, prep = load_efficientnet_lite0()
+    small = Preprocess(RESTART_SIZE, RESTART_SIZE * 256 // 224, prep.mean, prep.std, prep.interpolation)
+    photos = demo_photos()
+    x = torch.stack([small(photos[p].convert("RGB")) for p in ("chelsea", "coffee", "rocket")])
+    return model.eval(), x
+
+
+@pytest.mark.slow
+def test_restarts_keep_the_map_under_noise_where_one_run_does_not(lite0_48):
+    model, x = lite0_48
+    pair = torch.cat([x[:1], _noisy(x[:1])])
+    single = hl.explain(model, pair, "dm", config=RESTART_DM).saliency
+    chaotic = map_agreement(single[:1], single[1:])
+    assert chaotic["pearson"].item() < 0.99, chaotic  # the papers' single run misses the target here
+    mean = hl.explain(model, pair, "dm", config={**RESTART_DM, **RESTARTS})
+    agree = map_agreement(mean.saliency[:1], mean.saliency[1:])
+    assert agree["pearson"].item() >= 0.99, agree
+    assert agree["iou20"].item() >= 0.90, agree
+    assert mean.agreement.max().item() < 0.99  # the single runs inside still disagree: the mean is what agrees
+
+
+@pytest.mark.slow
+def test_restarts_keep_the_map_alone_and_in_a_batch(lite0_48):
+    model, x = lite0_48
+    alone = hl.explain(model, x[:1], "dm", config={**RESTART_DM, **RESTARTS}).saliency
+    together = hl.explain(model, x, "dm", config={**RESTART_DM, **RESTARTS}).saliency[:1]
     agree = map_agreement(alone, together)
     assert agree["pearson"].item() >= 0.99, agree
     assert agree["iou20"].item() >= 0.90, agree

@@ -111,3 +111,35 @@ def test_levels_match_paper_formula_and_exact_powers():
     assert ops.levels(224, 100, 6, 6, 2) == 4  # min over height and width
     with pytest.raises(ValueError, match="factor t must be an integer >= 2"):
         ops.levels(224, 224, 6, 6, 1)
+
+
+def test_total_variation_is_the_mean_neighbour_difference():
+    v = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]], dtype=torch.float64)[None, None]
+    horizontal = (1 + 0 + 0 + 1) / 4
+    vertical = (0 + 1 + 0) / 3
+    assert ops.total_variation(v).item() == pytest.approx((horizontal + vertical) / 2)
+    assert ops.total_variation(torch.full((2, 1, 4, 5), 0.3)).abs().max().item() == 0
+    assert ops.total_variation(torch.ones(1, 1, 1, 1)).item() == 0
+
+
+def test_l2_and_tv_terms_join_the_sparsity_term():
+    p = torch.rand(2, 1, 3, 3, dtype=torch.float64)
+    m, plain = ops.vector_mask(p, None, 12, 12)
+    m2, reg = ops.vector_mask(p, None, 12, 12, l2=0.5, tv=2.0)
+    assert torch.equal(m, m2)  # the mask itself does not change
+    expected = plain + 0.5 * (m * m).flatten(1).mean(1) + 2.0 * ops.total_variation(p)[:, 0]
+    torch.testing.assert_close(reg, expected, rtol=0, atol=1e-15)
+    _, zero = ops.vector_mask(p, None, 12, 12, l2=0.0, tv=0.0)
+    assert torch.equal(zero, plain)  # both 0: the papers' L_R bit for bit
+
+
+def test_dm_schedule_puts_tv_on_the_levels_it_names():
+    from hdm_lightning.schedules.builtin import DMSchedule
+
+    plan = DMSchedule(sizes=[6], factors=[2], epochs=1, l2=0.1, tv=3.0, tv_from_level=2).plan(96, 96)
+    weights = {v.name: (v.l2_weight, v.tv_weight) for s in plan for v in s.vectors}
+    assert weights["d1"] == (0.1, 0.0) and weights["d1/t2/k1"] == (0.1, 0.0) and weights["d1/t2/k2"] == (0.1, 3.0)
+    with pytest.raises(ValueError, match="l2 and tv must be finite and >= 0"):
+        DMSchedule(tv=float("nan"))
+    with pytest.raises(ValueError, match="l2 and tv must be finite and >= 0"):
+        DMSchedule(l2=-1.0)
