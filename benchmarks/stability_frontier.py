@@ -155,12 +155,35 @@ def measure(point: dict, setup, eps: float, seed: int) -> list[dict]:
         }
         if exp is not None and exp.agreement is not None and n == restarts:
             row["runs_agreement"] = float(exp.agreement[:b].mean())
+        if exp is not None and n == restarts:
+            row["per_vector"] = per_vector(exp, b)
         rows.append(row)
         _log(
             f"{label}: worst pearson {row['worst']['pearson']:.3f} iou20 {row['worst']['iou20']:.3f}, "
             f"{row['passes_per_image']:.0f} passes/image"
         )
     return rows
+
+
+def per_vector(exp, b: int) -> dict[str, dict[str, float]]:
+    """Per stage and level, the worst photo's Pearson of each vector ``g(v, H, W)`` of ``x`` against ``x + eps n``.
+
+    Rows ``i`` and ``b + i`` of the explanation are a photo and its noisy copy; vectors are grouped by their DM
+    level (``benchmark``, ``level1``, ...; MDM: ``masks``) and the group's mean over vectors is reported.
+    """
+    from hdm_lightning.masks.ops import upsample
+    from hdm_lightning.metrics.agreement import pearson
+
+    h, w = exp.saliency.shape[-2:]
+    out: dict[str, dict[str, float]] = {}
+    for s, stage in enumerate(exp.stages, start=1):
+        for level, names in stage.vector_names.items():
+            values = []
+            for name in names:
+                big = upsample(stage.vectors[name].detach().cpu().double(), h, w)
+                values.append(pearson(big[:b], big[b:]).min().item())
+            out.setdefault(f"stage{s}", {})[level] = statistics.fmean(values)
+    return out
 
 
 def _log(text: str) -> None:
