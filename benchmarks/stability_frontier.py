@@ -208,6 +208,15 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _short(row: dict) -> str:
+    """A plot label: the point's label, a restart count as ``×n`` (``dm_restarts_32@4`` -> ``dm ×4``)."""
+    label = row["label"]
+    if row.get("restarts", 1) > 1 or "@" in label:
+        base = label.split("_restarts_")[0]
+        return f"{base} ×{row['restarts']}"
+    return label
+
+
 def plot(rows: list[dict], path: Path) -> None:
     """The frontier: passes per image (log) against worst-photo Pearson and top-20 % IoU; colour: insertion."""
     import matplotlib
@@ -215,7 +224,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharex=True, layout="constrained")
     ins = [r["quality"]["insertion"] for r in rows]
     lo, hi = min(ins), max(ins)
     for ax, key, name in zip(axes, ("pearson", "iou20"), ("Pearson", "top-20 % IoU"), strict=True):
@@ -223,7 +232,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ys = [r["worst"][key] for r in rows]
         sc = ax.scatter(xs, ys, c=ins, cmap="viridis", vmin=lo, vmax=hi if hi > lo else lo + 1e-3, zorder=3)
         for r, xv, yv in zip(rows, xs, ys, strict=True):
-            ax.annotate(r["label"], (xv, yv), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(_short(r), (xv, yv), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.axhline(TARGET[key], color="grey", linestyle="--", linewidth=1)
         ax.set_xscale("log")
         ax.set_xlabel("backward passes per image (log)")
