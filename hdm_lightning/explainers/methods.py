@@ -1,8 +1,7 @@
 """DM, HDM and MDM: registered saliency methods (:mod:`hdm_lightning.contract`) built on sequential Lightning fits.
 
-- DM: "Hierarchical Dynamic Masks for Visual Explanation of Neural Networks" (arXiv 2301.04970) §3.2 and its
-  appendix Algorithm 1.
-- HDM: the same paper, §3.1 Eq. 1-5 and appendix Algorithm 2.
+- DM: "Hierarchical Dynamic Masks for Visual Explanation of Neural Networks" (arXiv 2301.04970) §3.2, Algorithm 1.
+- HDM: the same paper, §3.1 Eq. 1-5 and appendix Algorithm 2; restarts: :mod:`hdm_lightning.explainers.restarts`.
 - MDM: "Multiple Dynamic Mask" (arXiv 2207.08046) §3, Algorithm 1.
 
 Each is built once from its structured config (``config_class``; a dict, DictConfig, dataclass or YAML preset of
@@ -32,14 +31,8 @@ from hdm_lightning.core import PassCounter, check_images, frozen, model_device_d
 from hdm_lightning.explainers.engine import FitSettings, combine, fit_resumable, train_schedule
 from hdm_lightning.explainers.fit import EarlyStop
 from hdm_lightning.explainers.modules import MixingModule
-from hdm_lightning.explainers.optim import MaskOptim
-from hdm_lightning.explainers.restarts import (
-    average_runs,
-    check_restarts,
-    repeat_selector,
-    restart_inputs,
-    run_agreement,
-)
+from hdm_lightning.explainers.optim import MaskOptim, mask_optim
+from hdm_lightning.explainers.restarts import check_restarts, mixed_spread, restarted_run
 from hdm_lightning.explainers.result import Explanation, StageResult
 from hdm_lightning.explainers.selectors import ActivationSelector, Target
 from hdm_lightning.masks.ops import (
@@ -49,28 +42,11 @@ from hdm_lightning.masks.ops import (
     hdm_weights,
     hierarchical_masked_image,
     mdm_combine_threshold,
-    mix_maps,
 )
 from hdm_lightning.method_config import check_init
 from hdm_lightning.schedules.base import build_schedule
 
-__all__ = ["DM", "HDM", "MDM", "explain", "mask_optim"]
-
-
-def mask_optim(cfg) -> MaskOptim:
-    """The :class:`MaskOptim` of a method config's ``optim`` section (``dynamics: paper`` ignores the rest)."""
-    if cfg.dynamics == "paper":
-        return MaskOptim()
-    if cfg.dynamics != "stable":
-        raise ValueError(f"optim.dynamics must be 'stable' or 'paper', got {cfg.dynamics!r}")
-    return MaskOptim(
-        betas=(float(cfg.betas[0]), float(cfg.betas[1])),
-        eps=float(cfg.eps),
-        eps_relative=None if cfg.eps_relative is None else float(cfg.eps_relative),
-        schedule=cfg.schedule,
-        warmup=float(cfg.warmup),
-        average_tail=float(cfg.average_tail),
-    )
+__all__ = ["DM", "HDM", "MDM", "explain"]
 
 
 class _MaskMethod(SaliencyMethod):
@@ -247,22 +223,10 @@ class _MaskMethod(SaliencyMethod):
         )
         return res, outcome.passes
 
-    def _stage_run(
-        self, selector, x0: Tensor, maps: list[Tensor], settings: FitSettings, prefix: str
-    ) -> tuple[StageResult, int]:
-        """``Q(X_{s-1})`` with ``X_{s-1} = (1 - N(sum maps)) X_0`` (``X_0`` when ``maps`` is empty).
-
-        With ``restarts: N > 1``: the mean of ``N`` runs, restart ``k`` on ``X_{s-1}`` made from
-        ``X_0 + sigma n_k`` (:mod:`hdm_lightning.explainers.restarts`), all ``B * N`` of them rows of the same fits.
-        """
-        x = hierarchical_masked_image(x0, maps) if maps else x0
-        n, sigma = int(self.cfg.restarts), float(self.cfg.restart_noise)
-        if n == 1:
-            return self._dm_run(selector, x, settings, prefix)
-        noisy = restart_inputs(x0, n, sigma, int(self.cfg.engine.seed))
-        rows = hierarchical_masked_image(noisy, [m.repeat_interleave(n, 0) for m in maps]) if maps else noisy
-        res, passes = self._dm_run(repeat_selector(selector, n), rows, settings, prefix)
-        return average_runs(res, x, n, selector), passes
+    def _stage_run(self, selector, x0: Tensor, maps: list[Tensor], settings: FitSettings, prefix: str):
+        """``Q(X_{s-1})`` on ``(1 - N(sum maps)) X_0``; with restarts the mean of N runs (:func:`restarted_run`)."""
+        n, sigma, seed = int(self.cfg.restarts), float(self.cfg.restart_noise), int(self.cfg.engine.seed)
+        return restarted_run(lambda sel, x: self._dm_run(sel, x, settings, prefix), selector, x0, maps, n, sigma, seed)
 
     def _explain(self, images: Tensor, selector: ActivationSelector, settings: FitSettings) -> Explanation:
         """One DM/MDM run on ``images`` (with restarts: the mean of several); HDM overrides it."""
@@ -364,16 +328,7 @@ class HDM(_MaskMethod):
             mh = mix.mixed(v).detach()
             w = hdm_weights(v)
             w = w / w.sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
-            spread = agreement = None
-            if stages[0].runs is not None:  # restarts: each restart's stage maps mixed with the learned weights
-                runs = torch.stack(
-                    [
-                        mix_maps(torch.stack([st.runs[:, k] for st in stages], 1), v)
-                        for k in range(stages[0].runs.shape[1])
-                    ],
-                    1,
-                )
-                spread, agreement = runs.std(1, correction=1), run_agreement(runs)
+            spread, agreement = mixed_spread([st.runs for st in stages], v)  # (None, None) without restarts
         return Explanation(
             method="hdm",
             saliency=mh,

@@ -169,3 +169,19 @@ class TailAverage:
         """Continue from :meth:`state`."""
         self.count = int(state["count"])
         self.sums = None if state["sums"] is None else [s.clone() for s in state["sums"]]
+
+
+def mask_optim(cfg) -> MaskOptim:
+    """The :class:`MaskOptim` of a method config's ``optim`` section (``dynamics: paper`` ignores the rest)."""
+    if cfg.dynamics == "paper":
+        return MaskOptim()
+    if cfg.dynamics != "stable":
+        raise ValueError(f"optim.dynamics must be 'stable' or 'paper', got {cfg.dynamics!r}")
+    return MaskOptim(
+        betas=(float(cfg.betas[0]), float(cfg.betas[1])),
+        eps=float(cfg.eps),
+        eps_relative=None if cfg.eps_relative is None else float(cfg.eps_relative),
+        schedule=cfg.schedule,
+        warmup=float(cfg.warmup),
+        average_tail=float(cfg.average_tail),
+    )

@@ -19,14 +19,25 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from hdm_lightning.explainers.result import StageResult
 from hdm_lightning.explainers.selectors import ActivationSelector
+from hdm_lightning.masks.ops import hierarchical_masked_image, mix_maps
 
-__all__ = ["MAX_RESTARTS", "average_runs", "check_restarts", "repeat_selector", "restart_inputs", "run_agreement"]
+__all__ = [
+    "MAX_RESTARTS",
+    "average_runs",
+    "check_restarts",
+    "mixed_spread",
+    "repeat_selector",
+    "restart_inputs",
+    "restarted_run",
+    "run_agreement",
+]
 
 MAX_RESTARTS = 1024
 """The largest ``restarts`` accepted: each restart costs a full run (1,024 runs of ``hdm_fast`` at 224 px are
@@ -142,3 +153,40 @@ def average_runs(res: StageResult, clean: Tensor, restarts: int, selector: Activ
         spread=runs.std(1, correction=1) if n > 1 else torch.zeros_like(saliency),
         agreement=run_agreement(runs),
     )
+
+
+def mixed_spread(stage_runs: list[Tensor | None], v: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """HDM with restarts: ``(spread, agreement)`` of each restart's stage maps mixed with the learned ``v``.
+
+    ``stage_runs`` holds each stage's runs ``[B, N, 1, H, W]`` (``None`` without restarts: ``(None, None)``).
+    """
+    if stage_runs[0] is None:
+        return None, None
+    stacked = torch.stack(stage_runs, 2)  # [B, N, S, 1, H, W]
+    b, n = stacked.shape[:2]
+    mixed = mix_maps(stacked.flatten(0, 1), v.repeat_interleave(n, 0)).view(b, n, *stacked.shape[3:])
+    return mixed.std(1, correction=1), run_agreement(mixed)
+
+
+def restarted_run(
+    run: Callable[[ActivationSelector, Tensor], tuple[StageResult, int]],
+    selector: ActivationSelector,
+    x0: Tensor,
+    maps: list[Tensor],
+    restarts: int,
+    sigma: float,
+    seed: int,
+) -> tuple[StageResult, int]:
+    """One DM/MDM run ``Q(X_{s-1})`` on ``X_{s-1} = (1 - N(sum maps)) X_0`` (``X_0`` when ``maps`` is empty).
+
+    ``run(selector, images)`` is one DM/MDM run of a batch and returns ``(result, passes)``. With ``restarts > 1``
+    it runs once on ``B * restarts`` rows, restart ``k`` of image ``b`` on ``(1 - N(sum maps)) (X_0 + sigma n_k)``
+    (:func:`restart_inputs`), and the result is their mean (:func:`average_runs`).
+    """
+    x = hierarchical_masked_image(x0, maps) if maps else x0
+    if restarts == 1:
+        return run(selector, x)
+    noisy = restart_inputs(x0, restarts, sigma, seed)
+    rows = hierarchical_masked_image(noisy, [m.repeat_interleave(restarts, 0) for m in maps]) if maps else noisy
+    res, passes = run(repeat_selector(selector, restarts), rows)
+    return average_runs(res, x, restarts, selector), passes
