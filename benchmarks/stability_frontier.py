@@ -1,6 +1,6 @@
 r"""``python -m benchmarks.stability_frontier``: stability of a map against what it costs, one point per setting.
 
-Every point of ``--points`` (a YAML file, default ``configs/stability_frontier.yaml``) is a saliency method with
+Every point of ``--points`` (a YAML file, default ``benchmarks/stability_frontier.yaml``) is a saliency method with
 its settings. For each, every photo ``x`` of the file's ``photos`` (shipped photos, preprocessed as ``explain.py``'s
 ``data.kind: photos`` does) and its copy ``x + eps * n`` (``n`` standard normal, seeded by the photo's name) are
 explained in one call, and the point records:
@@ -48,7 +48,7 @@ from benchmarks.benchmark_stability import (
     resolve_methods,
 )
 
-DEFAULT_POINTS = REPO / "configs" / "stability_frontier.yaml"
+DEFAULT_POINTS = REPO / "benchmarks" / "stability_frontier.yaml"
 TARGET = {"pearson": 0.99, "iou20": 0.90}
 
 

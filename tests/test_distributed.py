@@ -42,6 +42,17 @@ def folder(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Every run of this module on one thread: Lightning gives each of two CPU processes one thread of two cores,
+    and the thread count changes float round-off (which the papers' dynamics amplify). These tests are about
+    sharding, so the in-process reference and the spawned processes use the same count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def cli_args(folder: Path, out: Path, *overrides: str) -> list[str]:
     return ["--config", TINY, f"data.root={folder}", f"output.dir={out}", *COMPARE, *overrides]
 
@@ -50,6 +61,7 @@ def spawn(folder: Path, out: Path, devices: int, *overrides: str, **kw) -> subpr
     """``python explain.py ... trainer.devices=N`` as its own process group (Lightning starts the others)."""
     args = [sys.executable, str(REPO / "explain.py"), *cli_args(folder, out, f"trainer.devices={devices}", *overrides)]
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "RANK", "NODE_RANK")}
+    env["OMP_NUM_THREADS"] = "1"  # one thread per process, as the in-process runs (one_thread)
     return subprocess.Popen(args, cwd=out.parent, env=env, start_new_session=True, text=True, **kw)
 
 
