@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU session of issue 15's figures (ResNet-50 paper-preset throughput, bf16 vs fp32, stability).
+# One prepared GPU session: ResNet-50 paper-preset throughput, bf16 vs fp32, and map stability, in one script.
 #
 # Runs in the repository root on a machine with one CUDA GPU whose python3 has torch, torchvision, lightning,
 # torchmetrics and timm; pure-Python dependencies it lacks (omegaconf, pytorch_grad_cam, ttach, the

@@ -26,17 +26,22 @@ PAPER = {"optim": {"dynamics": "paper"}}
 STABLE = {"optim": {"dynamics": "stable"}}
 
 
-@pytest.fixture(scope="module")
-def lite0():
+def _lite0_photos(size: int):
+    """The bundled Lite0 and the three demo photos preprocessed at ``size`` px."""
     from hdm_lightning.data.photos import demo_photos
     from hdm_lightning.models import load_efficientnet_lite0
     from hdm_lightning.models.preprocess import Preprocess
 
     model, prep = load_efficientnet_lite0()
-    small = Preprocess(SIZE, SIZE * 256 // 224, prep.mean, prep.std, prep.interpolation)
+    small = Preprocess(size, size * 256 // 224, prep.mean, prep.std, prep.interpolation)
     photos = demo_photos()
     x = torch.stack([small(photos[p].convert("RGB")) for p in ("chelsea", "coffee", "rocket")])
     return model.eval(), x
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return _lite0_photos(SIZE)
 
 
 def _noisy(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -81,15 +86,7 @@ RESTARTS = {"restarts": 8, "restart_noise": 1e-6}
 
 @pytest.fixture(scope="module")
 def lite0_48():
-    from hdm_lightning.data.photos import demo_photos
-    from hdm_lightning.models import load_efficientnet_lite0
-    from hdm_lightning.models.preprocess import Preprocess
-
-    model, prep = load_efficientnet_lite0()
-    small = Preprocess(RESTART_SIZE, RESTART_SIZE * 256 // 224, prep.mean, prep.std, prep.interpolation)
-    photos = demo_photos()
-    x = torch.stack([small(photos[p].convert("RGB")) for p in ("chelsea", "coffee", "rocket")])
-    return model.eval(), x
+    return _lite0_photos(RESTART_SIZE)
 
 
 @pytest.mark.slow
