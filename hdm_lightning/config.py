@@ -32,6 +32,7 @@ from hdm_lightning.method_config import (
     method_config,
     register_method_config,
 )
+from hdm_lightning.metrics.perturbation import TIES
 
 __all__ = [
     "METHOD_CONFIGS",
@@ -178,6 +179,9 @@ class EvaluationConfig:
     deletion_value: str = "black"  # black (0 in raw pixels) | blur
     drop_baseline: str = "zero"  # Average Drop/Increase: zero (mean colour) | mean | blur | black
     drop_percents: list[int] = field(default_factory=lambda: [70, 80, 90])  # muted share of the pixels
+    # order of equal saliency values in every rank-based family (deletion/insertion, ROAD, Drop/Increase, pointing,
+    # segmentation): raster (row by row) | shuffled (one fixed pseudo-random order, the same for every image)
+    ties: str = "raster"
     segmentation_percents: list[int] = field(default_factory=lambda: list(range(70, 100)))  # binarising percentiles
     gallery: int = 16  # images shown side by side with every method's map (HDM paper Fig. 4)
     stability_noise: list[float] = field(default_factory=lambda: [1e-6, 1e-3])  # stability: reruns on x + eps*N(0,1)
@@ -297,6 +301,7 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
         raise ConfigError(f"unknown method {cfg.method!r}: use one of {sorted(METHOD_CONFIGS)}")
     _choice(cfg.target, TARGETS, "target")
     _choice(cfg.wandb.mode, WANDB_MODES, "wandb.mode")
+    _choice(cfg.evaluation.ties, TIES, "evaluation.ties")
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size!r}")
     if cfg.trainer.devices < 1 or cfg.trainer.num_nodes < 1 or cfg.trainer.timeout_hours <= 0:

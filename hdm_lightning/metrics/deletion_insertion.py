@@ -11,9 +11,10 @@ from torch import Tensor, nn
 from hdm_lightning.metrics.base import ModelMetric, mean_or_nan
 from hdm_lightning.metrics.family import register_metric
 from hdm_lightning.metrics.perturbation import (
-    TIES,
     as_channel_tensor,
     check_inputs,
+    check_ties,
+    evaluation_ties,
     make_canvas,
     rank_positions,
     step_counts,
@@ -50,8 +51,8 @@ class DeletionInsertion(ModelMetric):
         blur_kernel: odd kernel side of the blur; ``None`` = about a tenth of the shorter side.
         blur_sigma: Gaussian sigma in pixels; ``None`` = ``0.15 * kernel + 0.35``.
         ties: the order of pixels with equal saliency: ``"raster"`` (default) or ``"shuffled"``
-            (:func:`~hdm_lightning.metrics.perturbation.rank_order`); set with
-            ``evaluation.params.deletion_insertion: {ties: shuffled}``.
+            (:func:`~hdm_lightning.metrics.perturbation.rank_order`); set with ``evaluation.ties`` (every
+            rank-based family) or ``evaluation.params.deletion_insertion: {ties: shuffled}``.
         **kwargs: passed to ``torchmetrics.Metric``.
 
     ``compute()`` keys: ``deletion``, ``insertion`` (mean AUC over images) and ``deletion_curve``,
@@ -67,11 +68,12 @@ class DeletionInsertion(ModelMetric):
 
     @classmethod
     def from_evaluation(cls, evaluation: Any) -> dict[str, Any]:
-        """``evaluation.steps``, ``evaluation.insertion_canvas`` and ``evaluation.deletion_value``."""
+        """``evaluation.steps``, ``.insertion_canvas``, ``.deletion_value`` and ``.ties``."""
         return {
             "steps": int(evaluation.steps),
             "insertion_canvas": evaluation.insertion_canvas,
             "deletion_value": evaluation.deletion_value,
+            "ties": evaluation_ties(evaluation),
         }
 
     def __init__(
@@ -89,9 +91,7 @@ class DeletionInsertion(ModelMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, batch_size, **kwargs)
-        if ties not in TIES:
-            raise ValueError(f"deletion_insertion ties must be one of {list(TIES)}, got {ties!r}")
-        self.ties = ties
+        self.ties = check_ties(ties, "deletion_insertion")
         step_counts(steps, 1)  # validates steps
         self.steps = int(steps)
         if insertion_canvas not in INSERTION_CANVASES:

@@ -10,7 +10,15 @@ from torch import Tensor, nn
 
 from hdm_lightning.metrics.base import ModelMetric, check_percents, mean_or_nan, percent_key
 from hdm_lightning.metrics.family import register_metric
-from hdm_lightning.metrics.perturbation import as_channel_tensor, check_inputs, keep_count, make_canvas, rank_positions
+from hdm_lightning.metrics.perturbation import (
+    as_channel_tensor,
+    check_inputs,
+    check_ties,
+    evaluation_ties,
+    keep_count,
+    make_canvas,
+    rank_positions,
+)
 
 __all__ = ["AverageDropIncrease", "DROP_BASELINES"]
 
@@ -41,6 +49,7 @@ class AverageDropIncrease(ModelMetric):
         batch_size: most masked images per forward.
         blur_kernel: odd kernel side for ``"blur"``; ``None`` = about a tenth of the shorter side.
         blur_sigma: Gaussian sigma in pixels for ``"blur"``; ``None`` = ``0.15 * kernel + 0.35``.
+        ties: the order of equal saliency values (:func:`~hdm_lightning.metrics.perturbation.rank_order`).
         **kwargs: passed to ``torchmetrics.Metric``.
 
     ``last`` holds ``drop/q`` and ``increase/q`` per image plus ``probability`` (``Y_c``) and ``probability/q``
@@ -53,8 +62,12 @@ class AverageDropIncrease(ModelMetric):
 
     @classmethod
     def from_evaluation(cls, evaluation: Any) -> dict[str, Any]:
-        """``evaluation.drop_percents`` and ``evaluation.drop_baseline``."""
-        return {"percents": tuple(evaluation.drop_percents), "baseline": evaluation.drop_baseline}
+        """``evaluation.drop_percents``, ``evaluation.drop_baseline`` and ``evaluation.ties``."""
+        return {
+            "percents": tuple(evaluation.drop_percents),
+            "baseline": evaluation.drop_baseline,
+            "ties": evaluation_ties(evaluation),
+        }
 
     def __init__(
         self,
@@ -66,9 +79,11 @@ class AverageDropIncrease(ModelMetric):
         batch_size: int = 64,
         blur_kernel: int | None = None,
         blur_sigma: float | None = None,
+        ties: str = "raster",
         **kwargs: Any,
     ) -> None:
         super().__init__(model, batch_size, **kwargs)
+        self.ties = check_ties(ties, "drop_increase")
         self.percents = check_percents(percents, "percents")
         if baseline not in DROP_BASELINES:
             raise ValueError(f"Unknown baseline {baseline!r}. Available: {list(DROP_BASELINES)}")
@@ -86,7 +101,7 @@ class AverageDropIncrease(ModelMetric):
         """Score the images and their partly muted copies; ``mask`` is ignored."""
         saliency, target, _ = check_inputs(images, saliency, target, mask, metric=type(self).__name__)
         B, _, H, W = images.shape
-        positions = rank_positions(saliency)  # [B, HW]
+        positions = rank_positions(saliency, self.ties)  # [B, HW]
         canvas = make_canvas(self.baseline, images, self.mean, self.std, self.blur_kernel, self.blur_sigma)
         # Sample s = level * B + b; level 0 is the unmodified image (all pixels kept), level j the j-th share.
         kept = torch.tensor(

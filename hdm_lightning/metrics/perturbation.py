@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from fractions import Fraction
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -34,9 +35,11 @@ __all__ = [
     "TIES",
     "black_canvas",
     "blur_kernel_size",
+    "check_ties",
     "check_inputs",
     "class_probabilities",
     "eval_mode",
+    "evaluation_ties",
     "gaussian_blur_canvas",
     "keep_count",
     "make_canvas",
@@ -50,6 +53,21 @@ __all__ = [
 BASELINES = ("zero", "mean", "blur", "black")
 TIES = ("raster", "shuffled")
 TIE_SEED = 0  # the one pixel order of ``ties="shuffled"``: the same for every image, run and batch
+
+
+def check_ties(ties: Any, family: str) -> str:
+    """``ties`` if it is one of :data:`TIES`, else a ``ValueError`` naming ``evaluation.ties`` and the family."""
+    if ties not in TIES:
+        raise ValueError(
+            f"{family}: ties must be one of {list(TIES)} (evaluation.ties, or evaluation.params.{family}.ties), "
+            f"got {ties!r}"
+        )
+    return ties
+
+
+def evaluation_ties(evaluation: Any) -> str:
+    """The run's ``evaluation.ties`` (``"raster"`` for a config section without it), for ``from_evaluation``."""
+    return getattr(evaluation, "ties", "raster")
 
 
 def rank_order(saliency: Tensor, ties: str = "raster") -> Tensor:
@@ -104,10 +122,10 @@ def step_counts(steps: int, n_pixels: int) -> list[int]:
     return [(2 * k * n_pixels + steps) // (2 * steps) for k in range(steps + 1)]
 
 
-def top_mask(saliency: Tensor, percent: float) -> Tensor:
-    """Keep the top ``percent`` % of pixels by rank: bool ``[B, 1, H, W]`` (True = kept)."""
+def top_mask(saliency: Tensor, percent: float, ties: str = "raster") -> Tensor:
+    """Keep the top ``percent`` % of pixels by rank (``ties`` as in :func:`rank_order`): bool ``[B, 1, H, W]``."""
     n = keep_count(percent, saliency.shape[-2] * saliency.shape[-1])
-    return (rank_positions(saliency) < n).view(saliency.shape)
+    return (rank_positions(saliency, ties) < n).view(saliency.shape)
 
 
 def blur_kernel_size(height: int, width: int) -> int:

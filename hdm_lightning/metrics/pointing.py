@@ -28,24 +28,25 @@ from torch import Tensor
 
 from hdm_lightning.metrics.base import SaliencyMetric, mean_or_nan
 from hdm_lightning.metrics.family import register_metric
-from hdm_lightning.metrics.perturbation import check_inputs, rank_order
+from hdm_lightning.metrics.perturbation import check_inputs, check_ties, evaluation_ties, rank_order
 
 __all__ = ["PointingGame", "max_points", "pointing_hits"]
 
 SETTINGS = "evaluation.params.pointing_game"
 
 
-def max_points(saliency: Tensor) -> Tensor:
-    """The map's maximum per image, ties to the first pixel in raster order.
+def max_points(saliency: Tensor, ties: str = "raster") -> Tensor:
+    """The map's maximum per image, ties to the first pixel in raster order (or in the fixed shuffled order).
 
     Args:
         saliency: ``[B, 1, H, W]`` maps, any real range.
+        ties: ``"raster"`` or ``"shuffled"`` (:func:`~hdm_lightning.metrics.perturbation.rank_order`).
 
     Returns:
         LongTensor ``[B, 2]``: ``(y, x)`` of the point.
     """
     width = saliency.shape[-1]
-    first = rank_order(saliency)[:, 0]
+    first = rank_order(saliency, ties)[:, 0]
     return torch.stack([first // width, first % width], 1)
 
 
@@ -98,6 +99,8 @@ class PointingGame(SaliencyMetric):
     Args:
         tolerance: the largest distance in pixels from the point to the object that is a hit (TorchRay: 15).
         difficult_area: an image is difficult when its foreground covers less than this share of the image.
+        ties: which of several equal maxima is the point: the first in ``"raster"`` order or in the fixed
+            ``"shuffled"`` order.
         **kwargs: passed to ``torchmetrics.Metric``.
     """
 
@@ -106,8 +109,16 @@ class PointingGame(SaliencyMetric):
     requires_mask: ClassVar[bool] = True
     higher_is_better: ClassVar[bool] = True
 
-    def __init__(self, tolerance: float = 15, difficult_area: float = 0.25, **kwargs: Any) -> None:
+    @classmethod
+    def from_evaluation(cls, evaluation: Any) -> dict[str, Any]:
+        """``evaluation.ties``."""
+        return {"ties": evaluation_ties(evaluation)}
+
+    def __init__(
+        self, tolerance: float = 15, difficult_area: float = 0.25, ties: str = "raster", **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
+        self.ties = check_ties(ties, "pointing_game")
         self.tolerance = _check_number(tolerance, "tolerance", math.inf, "a number of pixels >= 0 (TorchRay: 15)")
         self.difficult_area = _check_number(
             difficult_area, "difficult_area", 1.0, "a share of the image in [0, 1] (default 0.25)"
@@ -118,7 +129,7 @@ class PointingGame(SaliencyMetric):
     def update(self, images: Tensor, saliency: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
         """Add the images' hits; ``mask`` is required, ``target`` only checked for shape."""
         saliency, _, mask = check_inputs(images, saliency, target, mask, need_mask=True, metric=type(self).__name__)
-        hit = pointing_hits(max_points(saliency), mask, self.tolerance).double()
+        hit = pointing_hits(max_points(saliency, self.ties), mask, self.tolerance).double()
         valid = mask.flatten(1).any(1)
         difficult = valid & (mask.flatten(1).double().mean(1) < self.difficult_area)
         self._accumulate("hits", hit[valid].sum())

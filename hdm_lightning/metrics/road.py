@@ -53,7 +53,14 @@ from torch import Tensor, nn
 
 from hdm_lightning.metrics.base import ModelMetric, check_percents, mean_or_nan, percent_key
 from hdm_lightning.metrics.family import register_metric
-from hdm_lightning.metrics.perturbation import as_channel_tensor, check_inputs, keep_count, rank_positions
+from hdm_lightning.metrics.perturbation import (
+    as_channel_tensor,
+    check_inputs,
+    check_ties,
+    evaluation_ties,
+    keep_count,
+    rank_positions,
+)
 from hdm_lightning.metrics.stability import id_noise
 
 __all__ = ["NEIGHBOUR_WEIGHTS", "ORDERS", "ROAD", "image_digest", "linear_imputation", "removed_pixels"]
@@ -197,6 +204,7 @@ class ROAD(ModelMetric):
         mean: the classifier's preprocessing mean (unused: the imputation commutes with the normalisation).
         std: the classifier's preprocessing std; needed when ``noise > 0`` (``noise / std`` per channel).
         batch_size: most perturbed images per forward.
+        ties: the order of equal saliency values (:func:`~hdm_lightning.metrics.perturbation.rank_order`).
         **kwargs: passed to ``torchmetrics.Metric``.
 
     ``compute()`` keys: ``road_morf/<p>``, ``road_morf/auc``, ``road_lerf/<p>``, ``road_lerf/auc``,
@@ -211,6 +219,11 @@ class ROAD(ModelMetric):
         "road_morf_curve": "share of the pixels removed and imputed, most relevant first",
         "road_lerf_curve": "share of the pixels removed and imputed, least relevant first",
     }
+
+    @classmethod
+    def from_evaluation(cls, evaluation: Any) -> dict[str, Any]:
+        """``evaluation.ties``."""
+        return {"ties": evaluation_ties(evaluation)}
 
     @classmethod
     def curve_axis(cls, key: str, points: int, params: Mapping[str, Any]) -> tuple[list[float], str, str]:
@@ -229,9 +242,11 @@ class ROAD(ModelMetric):
         mean: Sequence[float] | Tensor | None = None,
         std: Sequence[float] | Tensor | None = None,
         batch_size: int = 64,
+        ties: str = "raster",
         **kwargs: Any,
     ) -> None:
         super().__init__(model, batch_size, **kwargs)
+        self.ties = check_ties(ties, "road")
         self.percents, self.noise, self.seed = _check_settings(percents, noise, seed)
         self.mean, self.std = as_channel_tensor(mean, "mean"), as_channel_tensor(std, "std")
         if self.noise > 0 and self.std is None:
@@ -273,7 +288,7 @@ class ROAD(ModelMetric):
                 f"std has {self.std.numel()} channels but images have {images.shape[1]}: pass the classifier's "
                 "Preprocess.std"
             )
-        positions = rank_positions(saliency).cpu()  # [B, HW]; the imputation runs on the CPU
+        positions = rank_positions(saliency, self.ties).cpu()  # [B, HW]; the imputation runs on the CPU
         digests = [image_digest(image) for image in images]
 
         def make_inputs(start: int, stop: int) -> tuple[Tensor, Tensor]:

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from hdm_lightning.metrics.base import SaliencyMetric, check_percents, mean_or_nan, percent_key
 from hdm_lightning.metrics.family import register_metric
-from hdm_lightning.metrics.perturbation import check_inputs, keep_count, rank_order
+from hdm_lightning.metrics.perturbation import check_inputs, check_ties, evaluation_ties, keep_count, rank_order
 
 __all__ = ["SegmentationScores"]
 
@@ -33,6 +33,7 @@ class SegmentationScores(SaliencyMetric):
 
     Args:
         percents: percentiles ``q`` (MDM: 70 .. 99).
+        ties: the order of equal saliency values (:func:`~hdm_lightning.metrics.perturbation.rank_order`).
         **kwargs: passed to ``torchmetrics.Metric``.
     """
 
@@ -47,11 +48,12 @@ class SegmentationScores(SaliencyMetric):
 
     @classmethod
     def from_evaluation(cls, evaluation: Any) -> dict[str, Any]:
-        """``evaluation.segmentation_percents``."""
-        return {"percents": tuple(evaluation.segmentation_percents)}
+        """``evaluation.segmentation_percents`` and ``evaluation.ties``."""
+        return {"percents": tuple(evaluation.segmentation_percents), "ties": evaluation_ties(evaluation)}
 
-    def __init__(self, percents: Iterable[float] = range(70, 100), **kwargs: Any) -> None:
+    def __init__(self, percents: Iterable[float] = range(70, 100), ties: str = "raster", **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.ties = check_ties(ties, "segmentation")
         self.percents = check_percents(percents, "percents")
         for name in self.SCORES:
             self._add_sum(f"{name}_sum", (len(self.percents),))
@@ -64,7 +66,7 @@ class SegmentationScores(SaliencyMetric):
         n_pixels = saliency.shape[-2] * saliency.shape[-1]
         gt = mask.flatten(1)
         # |P ∩ G| for the top-n pixels is a prefix sum of the GT read in rank order: one sort serves every q.
-        hits = gt.gather(1, rank_order(saliency)).double().cumsum(1)
+        hits = gt.gather(1, rank_order(saliency, self.ties)).double().cumsum(1)
         hits = torch.cat([torch.zeros_like(hits[:, :1]), hits], 1)  # hits[:, n] = |top-n ∩ G|
         kept = torch.tensor([keep_count(100 - q, n_pixels) for q in self.percents], device=gt.device)
         inter = hits[:, kept]  # [B, Q]

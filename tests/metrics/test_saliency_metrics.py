@@ -108,7 +108,7 @@ def test_deletion_ties_change_a_sparse_maps_score_and_nothing_else():
             scores[ties, name] = metric.compute()["deletion"]
     assert scores["raster", "dense"] == scores["shuffled", "dense"]
     assert scores["raster", "sparse"] != scores["shuffled", "sparse"]
-    with pytest.raises(ValueError, match="deletion_insertion ties must be one of"):
+    with pytest.raises(ValueError, match="deletion_insertion: ties must be one of"):
         DeletionInsertion(model, mean=[0.5] * 3, std=[0.25] * 3, ties="random")
 
 
