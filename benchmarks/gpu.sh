@@ -12,7 +12,9 @@ set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/.gpu/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${OUT:-/tmp/hdm_gpu}; mkdir -p "$OUT"
 MODEL=${MODEL:-resnet50}; SIZE=${SIZE:-224}; DEVICE=${DEVICE:-cuda}; STEPS=${STEPS:-3}; MAX_ROWS=${MAX_ROWS:-512}
-RUN=${RUN:-"c a s"}  # parts: c = throughput, a = bf16 vs fp32 and the reference, s = stability
+RUN=${RUN:-"c a s"}  # parts: c = throughput, a = bf16 vs fp32 and the reference, s = stability, f = frontier
+# part f: the stability frontier's expensive points (benchmarks/stability_frontier.yaml), written to $OUT/frontier.json
+FRONTIER=${FRONTIER:-"hdm hdm_restarts_8 hdm_restarts_16 hdm_restarts_32 mdm_restarts_16"}
 STAB_METHODS=${STAB_METHODS:-"dm hdm"}  # mask methods; gradcam is added to the first run as the control
 STAB_CLS=${STAB_CLS:-bundled_efficientnet_lite0}; STAB_SIZE=${STAB_SIZE:-}; STAB_SET=${STAB_SET:-}
 LOG="$OUT/log.txt"; RES="$OUT/results.jsonl"; TMP=$(mktemp -d)
@@ -66,5 +68,14 @@ if [[ " $RUN " == *" s "* ]]; then
     tail -3 "$TMP/$tag.err" | tee -a "$LOG"
     keep "$tag" "$TMP/$tag.json"
   done; done
+fi
+if [[ " $RUN " == *" f "* ]]; then
+  for point in $FRONTIER; do  # one point per call, merged into one file, so a run cut short keeps every finished one
+    t0=$SECONDS
+    python3 -m benchmarks.stability_frontier --only "$point" --device "$DEVICE" --json "$OUT/frontier.json" --merge \
+      >"$TMP/f_$point.txt" 2>"$TMP/f_$point.err"
+    say "-- f $point: exit $? in $((SECONDS - t0)) s"; tail -4 "$TMP/f_$point.txt" | tee -a "$LOG"
+    tail -3 "$TMP/f_$point.err" | grep -i error | tee -a "$LOG"
+  done
 fi
 say "== done $(date -u +%FT%TZ)"
