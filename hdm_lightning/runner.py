@@ -41,6 +41,7 @@ from hdm_lightning.run.writer import (
     write_method_batch,
     write_reports,
 )
+from hdm_lightning.signals import Interrupted
 
 __all__ = ["RunSummary", "run_explain"]
 
@@ -109,6 +110,12 @@ def run_explain(cfg: DictConfig, settings: DictConfig, shard: Shard | None = Non
         for k, indices in plan.todo:
             _one_batch(run, k, indices, summary, bar)
         completed = True
+    except Interrupted as e:
+        e.finished = (
+            f"{summary.done} images explained by this run, {plan.skipped} before it, "
+            f"{plan.mine - summary.done - summary.failed} left; results so far in {run.folder}"
+        )
+        raise
     finally:
         bar.close()
         _finish(run, summary, completed)
