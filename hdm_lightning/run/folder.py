@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 import sys
@@ -19,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from hdm_lightning.config import ConfigError
 from hdm_lightning.data import IMAGE_EXTENSIONS
 
-__all__ = ["NON_RESULT_KEYS", "check_run_folder", "output_names", "read_records", "safe_name"]
+__all__ = ["NON_RESULT_KEYS", "check_output_dir", "check_run_folder", "output_names", "read_records", "safe_name"]
 
 # Keys that change how a run goes, not what it computes: a rerun may change them and still resume.
 NON_RESULT_KEYS = (
@@ -109,6 +110,26 @@ def _schema_defaults(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(schema))
 
 
+def check_output_dir(folder: Path, key: str = "output.dir") -> None:
+    """``folder`` is, or can become, a folder this process writes to: not a file, not under one, writable.
+
+    Raises:
+        ConfigError: naming the path in the way and the fix.
+    """
+    for place in (folder, *folder.absolute().parents):
+        if not place.exists():
+            continue
+        if not place.is_dir():
+            where = "is a file" if place == folder else f"lies under {str(place)!r}, which is a file"
+            raise ConfigError(f"{key}={str(folder)!r} {where}: set {key} to a folder path (new or existing)")
+        if not os.access(place, os.W_OK | os.X_OK):
+            raise ConfigError(
+                f"{key}={str(folder)!r}: this process may not write in {str(place)!r}: set {key} to a folder you "
+                "can write to, or change the folder's permissions"
+            )
+        return
+
+
 def check_run_folder(
     folder: Path, cfg: DictConfig, ignore: tuple[str, ...] = NON_RESULT_KEYS, defaults: dict | None = None
 ) -> None:
@@ -124,6 +145,7 @@ def check_run_folder(
         ConfigError: ``folder`` holds a run whose result-determining settings differ and
             ``output.resume`` is true.
     """
+    check_output_dir(folder)
     saved = folder / "config.yaml"
     if not folder.exists() or not any(p for p in folder.iterdir() if not p.name.startswith("previous-")):
         return

@@ -1,0 +1,50 @@
+"""Bad input at every entry point ends in a non-zero status and one ``error:`` line on stderr, never a traceback.
+
+Each row is an entry point, its arguments and a fragment of the message; ``{tmp}`` is the test's folder (it holds a
+file ``a_file`` and a YAML file ``list.yaml`` whose top level is a list). Every case fails before any work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hdm_lightning.cli import explain_main, train_classifier_main, train_explainer_main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "configs" / "tiny.yaml")
+MAINS = {"explain": explain_main, "train_classifier": train_classifier_main, "train_explainer": train_explainer_main}
+
+CASES = [
+    # NaN and inf are refused where the config is loaded (a NaN lr passes every "< 0" check)
+    ("explain", ["--config", TINY, "explainer.schedule.params.lr=nan"], "schedule.params.lr must be a finite"),
+    ("explain", ["--config", TINY, "explainer.schedule.params.eta=nan"], "explainer.schedule.params.eta must be a fin"),
+    ("explain", ["--config", TINY, "explainer.mixing.lr=nan"], "explainer.mixing.lr must be a finite number"),
+    ("explain", ["--config", TINY, "evaluation.ci_level=inf"], "evaluation.ci_level must be a finite number"),
+    ("train_classifier", ["optim.lr=nan"], "optim.lr must be a finite number"),
+    ("train_explainer", ["explainer.schedule.params.lr=inf"], "schedule.params.lr must be a finite"),
+    # a YAML file whose top level is not a mapping
+    ("explain", ["--config", "{tmp}/list.yaml"], "must hold a mapping of settings"),
+    ("train_classifier", ["--config", "{tmp}/list.yaml"], "must hold a mapping of settings"),
+    ("train_explainer", ["--config", "{tmp}/list.yaml"], "must hold a mapping of settings"),
+    # output.dir a file, or under a file
+    ("explain", ["--config", TINY, "output.dir={tmp}/a_file"], "is a file: set output.dir to a folder path"),
+    ("explain", ["--config", TINY, "output.dir={tmp}/a_file/run"], "lies under"),
+    ("train_classifier", ["output.dir={tmp}/a_file"], "is a file: set output.dir to a folder path"),
+    ("train_classifier", ["output.dir={tmp}/a_file/run"], "lies under"),
+    ("train_explainer", ["output.dir={tmp}/a_file/run"], "lies under"),
+]
+
+
+@pytest.mark.parametrize(("main", "args", "message"), CASES, ids=lambda v: v if isinstance(v, str) else None)
+def test_bad_input_is_one_error_line(main, args, message, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("not a folder\n")
+    (tmp_path / "list.yaml").write_text("- method: hdm\n- batch_size: 2\n")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    status = MAINS[main]([*args, "wandb.mode=disabled"])
+    err = capsys.readouterr().err
+    assert status != 0, err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in err
