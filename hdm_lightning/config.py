@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from hdm_lightning.bounds import check_sizes
 from hdm_lightning.method_config import (
     _CONFIG_CHECKS,
     METHOD_CONFIGS,
@@ -380,6 +381,7 @@ def _load_layers(schema: type, path: str | Path | None, overrides: list[str] | N
         raise _config_error(e, "command-line override") from None
     try:
         check_finite(cfg)
+        check_sizes(cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return cfg

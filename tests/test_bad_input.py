@@ -28,6 +28,11 @@ CASES = [
     ("explain", ["--config", "{tmp}/list.yaml"], "must hold a mapping of settings"),
     ("train_classifier", ["--config", "{tmp}/list.yaml"], "must hold a mapping of settings"),
     ("train_explainer", ["--config", "{tmp}/list.yaml"], "must hold a mapping of settings"),
+    # image sides far beyond any classifier's are bounded (the message says the bound and why)
+    ("explain", ["--config", TINY, "data.kind=synthetic", "data.synthetic.size=1000000"], "bound of 1024 pixels"),
+    ("explain", ["--config", TINY, "classifier.preprocess.size=100000"], "bound of 4096 pixels: the classifier"),
+    ("train_classifier", ["preprocess.resize=100000"], "preprocess.resize=100000 is above the bound of 4096"),
+    ("train_explainer", ["data.synthetic.size=1000000"], "data.synthetic.size=1000000 is above the bound"),
     # output.dir a file, or under a file
     ("explain", ["--config", TINY, "output.dir={tmp}/a_file"], "is a file: set output.dir to a folder path"),
     ("explain", ["--config", TINY, "output.dir={tmp}/a_file/run"], "lies under"),
@@ -48,3 +53,14 @@ def test_bad_input_is_one_error_line(main, args, message, tmp_path, capsys):
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and message in lines[0], err
     assert "Traceback" not in err
+
+
+def test_image_sides_are_bounded_in_the_python_api_too():
+    from hdm_lightning.data import generate_shapes
+    from hdm_lightning.data.items import DatasetError
+    from hdm_lightning.models import Preprocess
+
+    with pytest.raises(ValueError, match="at most 4096 pixels"):
+        Preprocess(size=100000, resize=100000)
+    with pytest.raises(DatasetError, match="at most 1024"):
+        generate_shapes(0, 1000000, 0, "test")
