@@ -74,6 +74,7 @@ class MetricSuite:
             return saliency_metrics(model, names, mean=mean, std=std, batch_size=batch_size, params=kw)
 
         self.families = list(families)
+        self.mask_families = masked  #: the families scored only on images with a ground-truth mask
         self.plain, self.masked = build(plain), build(masked)
         #: the families that rerun the method (``update_from_method``), by name
         self.reruns: dict[str, Metric] = {

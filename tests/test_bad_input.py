@@ -33,6 +33,12 @@ CASES = [
     ("explain", ["--config", TINY, "classifier.preprocess.size=100000"], "bound of 4096 pixels: the classifier"),
     ("train_classifier", ["preprocess.resize=100000"], "preprocess.resize=100000 is above the bound of 4096"),
     ("train_explainer", ["data.synthetic.size=1000000"], "data.synthetic.size=1000000 is above the bound"),
+    # a metric that needs ground-truth masks, on images that have none
+    (
+        "explain",
+        ["--config", TINY, "data.kind=photos", "data.photos=[coffee]", "evaluation.metrics=[pointing_game]"],
+        "pointing_game need a ground-truth mask per image, but no image of",
+    ),
     # output.dir a file, or under a file
     ("explain", ["--config", TINY, "output.dir={tmp}/a_file"], "is a file: set output.dir to a folder path"),
     ("explain", ["--config", TINY, "output.dir={tmp}/a_file/run"], "lies under"),
@@ -64,3 +70,20 @@ def test_image_sides_are_bounded_in_the_python_api_too():
         Preprocess(size=100000, resize=100000)
     with pytest.raises(DatasetError, match="at most 1024"):
         generate_shapes(0, 1000000, 0, "test")
+
+
+def test_a_mask_metric_on_data_where_some_images_lack_a_mask_is_a_warning(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from hdm_lightning.data import MaskPairDataset
+    from hdm_lightning.models import Preprocess
+    from hdm_lightning.runner import _check_masks
+    from tests.fixtures import make_pairs_tree
+
+    root = make_pairs_tree(tmp_path / "pairs", n=3)
+    (root / "masks" / "img_1.bmp").unlink()
+    dataset = MaskPairDataset(root, "images", "masks", Preprocess(size=30, resize=30))
+    _check_masks(SimpleNamespace(mask_families=["pointing_game"]), dataset)
+    assert "warning: 1 of 3 images have no ground-truth mask: pointing_game are scored on the other 2 only" in (
+        capsys.readouterr().err
+    )

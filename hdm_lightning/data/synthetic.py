@@ -305,6 +305,7 @@ class SyntheticShapesDataset(ItemDataset):
     """
 
     needs_root = False
+    masks = True
 
     def __init__(
         self,
