@@ -31,6 +31,7 @@ from hdm_lightning.io import atomic_write_text
 from hdm_lightning.models import check_num_classes, load_classifier
 from hdm_lightning.run.batch import batch_targets, explain_batch
 from hdm_lightning.run.folder import check_run_folder, output_names, read_records
+from hdm_lightning.run.inputs import write_inputs
 from hdm_lightning.run.plan import MethodRun, RunPlan, build_runs, plan_batches
 from hdm_lightning.run.wandb_log import log_batch, log_summary, wandb_logger
 from hdm_lightning.run.writer import (
@@ -147,6 +148,7 @@ def _prepare(cfg: DictConfig, settings: DictConfig, shard: Shard) -> _Run:
     names = output_names(dataset.ids)
     if shard.is_main:
         folder.mkdir(parents=True, exist_ok=True)
+        write_inputs(folder, cfg)  # before config.yaml: a folder with a config has its inputs recorded
         atomic_write_text(OmegaConf.to_yaml(cfg), folder / "config.yaml")
     shard.barrier()  # rank 0 has checked (or archived) the folder: everyone reads the same records
     gallery_ids = set(dataset.ids[: int(cfg.evaluation.gallery)]) if len(runs) > 1 else set()

@@ -87,3 +87,19 @@ def test_a_mask_metric_on_data_where_some_images_lack_a_mask_is_a_warning(tmp_pa
     assert "warning: 1 of 3 images have no ground-truth mask: pointing_game are scored on the other 2 only" in (
         capsys.readouterr().err
     )
+
+
+def test_train_explainer_refuses_a_classifier_of_another_class_count(tmp_path, capsys):
+    """As explain.py does for the same pair: a checkpoint's head must fit the data's classes (target=predicted too)."""
+    from hdm_lightning.models import Preprocess, build_backbone, save_classifier_checkpoint
+
+    ckpt = tmp_path / "seven.pt"
+    names = [f"c{i}" for i in range(7)]
+    prep = Preprocess(size=32, resize=32, interpolation="bilinear")
+    save_classifier_checkpoint(ckpt, build_backbone("small_cnn", 7), "small_cnn", 7, names, prep)
+    config = str(REPO / "configs" / "explainer" / "synthetic.yaml")
+    args = ["--config", config, f"classifier.checkpoint={ckpt}", f"output.dir={tmp_path / 'o'}", "target=predicted"]
+    assert train_explainer_main([*args, "wandb.mode=disabled", "data.synthetic.num_images=8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the classifier has 7 classes but synthetic") and "Traceback" not in err, err
+    assert not (tmp_path / "o" / "config.yaml").exists()  # refused before any work

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hdm_lightning.config import ConfigError
 from hdm_lightning.data import IMAGE_EXTENSIONS
+from hdm_lightning.run.inputs import check_inputs
 
 __all__ = ["NON_RESULT_KEYS", "check_output_dir", "check_run_folder", "output_names", "read_records", "safe_name"]
 
@@ -141,8 +142,11 @@ def check_run_folder(
     default: new settings default to the earlier behaviour. ``defaults`` are the schema's values (default: those of
     ``cfg``'s structured type).
 
+    The files the config names (checkpoints, imported modules) must hold what they held when the run began
+    (:mod:`hdm_lightning.run.inputs`).
+
     Raises:
-        ConfigError: ``folder`` holds a run whose result-determining settings differ and
+        ConfigError: ``folder`` holds a run whose result-determining settings or input files differ and
             ``output.resume`` is true.
     """
     check_output_dir(folder)
@@ -178,6 +182,7 @@ def check_run_folder(
             "Choose another output.dir, or pass output.resume=false to move the old run into "
             f"{folder}/previous-<time>/ and start over"
         )
+    check_inputs(folder, cfg)
 
 
 def read_records(folder: Path) -> dict[str, dict]:
