@@ -23,7 +23,7 @@ __all__ = ["explain_main", "train_classifier_main", "train_explainer_main"]
 
 # Raised by our own checks with a message meant for the user (DatasetError, ImageReadError and
 # ConfigError are ValueErrors; the registries raise KeyError listing the valid names).
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError)
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, PermissionError)
 
 
 def _parser(prog: str, description: str, epilog: str, configs: str) -> argparse.ArgumentParser:
@@ -35,6 +35,11 @@ def _parser(prog: str, description: str, epilog: str, configs: str) -> argparse.
 
 
 def _message(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename is not None:  # a path no check of ours caught: say what to do
+        return (
+            f"{e.strerror}: {str(e.filename)!r}. Check the config key or file that names this path: an input must "
+            "exist and be readable, an output folder (output.dir) must be one this process can create and write"
+        )
     text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
     return str(text)
 

@@ -165,13 +165,34 @@ def rescore(run_dir: str | Path, overrides: list[str] | None = None, everything:
         suite = MetricSuite(model, compute, cfg.evaluation, prep.mean, prep.std)
     for run in runs:
         run.records = read_records(run.root)
+    names = output_names(dataset.ids)
+    if suite is not None:
+        _check_maps(runs, names)
     total = sum(1 for r in runs for rec in r.records.values() if rec.get("status") == "ok")
-    ctx = {"cfg": cfg, "dataset": dataset, "names": output_names(dataset.ids), "drop": drop, "device": device}
+    ctx = {"cfg": cfg, "dataset": dataset, "names": names, "drop": drop, "device": device}
     summary = RescoreSummary(folder, compute)
     with tqdm(total=total, unit="map", desc="rescore", disable=not (cfg.progress and compute), file=sys.stderr) as bar:
         summary.images = _score(runs, ctx, suite, bar)
     _write(folder, old, cfg, runs, dataset.ids)
     return summary
+
+
+def _check_maps(runs: list[MethodRun], names: dict[str, str]) -> None:
+    """Every finished image's map is on disk: a rescore reads them, it never computes one.
+
+    Raises:
+        ConfigError: naming the missing maps and how to get them back.
+    """
+    for run in runs:
+        ok = [i for i, rec in run.records.items() if rec.get("status") == "ok" and i in names]
+        missing = [i for i in ok if not (run.root / "maps" / f"{names[i]}.pt").is_file()]
+        if missing:
+            record = run.root / "records" / f"{names[missing[0]]}.json"
+            raise ConfigError(
+                f"{len(missing)} finished image(s) have no saved map in {str(run.root / 'maps')!r} (e.g. "
+                f"{missing[0]!r}; deleted?) and a rescore only reads maps: delete their records (e.g. {record}), "
+                "rerun explain.py with this run's config and output.dir to compute them again, then rescore"
+            )
 
 
 def _write(folder: Path, old: DictConfig, cfg: DictConfig, runs: list[MethodRun], order: list[str]) -> None:

@@ -45,6 +45,9 @@ CASES = [
     ("train_classifier", ["output.dir={tmp}/a_file"], "is a file: set output.dir to a folder path"),
     ("train_classifier", ["output.dir={tmp}/a_file/run"], "lies under"),
     ("train_explainer", ["output.dir={tmp}/a_file/run"], "lies under"),
+    # output.dir where no folder can be made (Linux: /proc refuses new folders, even to root)
+    ("explain", ["--config", TINY, "output.dir=/proc/no_such/run"], "cannot create folders in '/proc'"),
+    ("train_classifier", ["output.dir=/proc/no_such/run"], "cannot create folders in '/proc'"),
 ]
 
 
@@ -103,3 +106,10 @@ def test_train_explainer_refuses_a_classifier_of_another_class_count(tmp_path, c
     err = capsys.readouterr().err
     assert err.startswith("error: the classifier has 7 classes but synthetic") and "Traceback" not in err, err
     assert not (tmp_path / "o" / "config.yaml").exists()  # refused before any work
+
+
+def test_a_missing_path_no_check_caught_says_what_to_do():
+    from hdm_lightning.cli import _message
+
+    text = _message(FileNotFoundError(2, "No such file or directory", "/data/x.pt"))
+    assert text.startswith("No such file or directory: '/data/x.pt'. Check the config key") and "[Errno" not in text

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -123,11 +124,13 @@ def check_output_dir(folder: Path, key: str = "output.dir") -> None:
         if not place.is_dir():
             where = "is a file" if place == folder else f"lies under {str(place)!r}, which is a file"
             raise ConfigError(f"{key}={str(folder)!r} {where}: set {key} to a folder path (new or existing)")
-        if not os.access(place, os.W_OK | os.X_OK):
+        try:  # a folder made and removed again: what the run will do (os.access says yes to root even on /proc)
+            os.rmdir(tempfile.mkdtemp(dir=place, prefix=".write-check-"))
+        except OSError as e:
             raise ConfigError(
-                f"{key}={str(folder)!r}: this process may not write in {str(place)!r}: set {key} to a folder you "
-                "can write to, or change the folder's permissions"
-            )
+                f"{key}={str(folder)!r}: cannot create folders in {str(place)!r} ({e.strerror}): set {key} to a "
+                "folder you can write to, or change the folder's permissions"
+            ) from None
         return
 
 

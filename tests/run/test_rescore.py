@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,16 @@ def test_rescore_with_new_settings_writes_new_tables_and_keeps_the_maps(run, tmp
     # the folder stays one consistent run: explain.py with the new settings resumes it (nothing to do)
     assert explain_main([*base(run), "evaluation.drop_percents=[50]", "evaluation.reference=random"]) == 0
     assert "0 images explained, 3 skipped" in capsys.readouterr().out
+
+
+def test_a_deleted_map_is_named_with_the_way_to_get_it_back(run, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    (copy / "methods" / "random" / "maps" / "coffee.pt").unlink()
+    assert rescore_main([str(copy), "--all"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 1 finished image(s) have no saved map") and "'coffee'" in err, err
+    assert "rerun explain.py" in err and "Traceback" not in err
 
 
 def test_rescore_refuses_what_would_change_the_maps(run, tmp_path, capsys):
