@@ -100,6 +100,19 @@ def test_a_config_file_that_is_not_a_mapping_is_refused(tmp_path):
         method_config("dm", path)
 
 
+@pytest.mark.parametrize(("threshold", "advice"), [(0.5, "below 0.5"), (0.9, "e.g. threshold: {kind: quantile")])
+def test_the_all_zero_maps_warning_does_not_advise_the_value_already_set(threshold, advice):
+    model, images = _tiny()
+    config = {"schedule": {"params": {"sizes": [2], "factors": [2], "epochs": 1, "lr": 1e-30}}}
+    config["threshold"] = {"kind": "quantile", "value": threshold}
+    with pytest.warns(UserWarning, match="maps are all zero") as caught:
+        hl.DM(model, config).explain(images)
+    (message,) = [str(w.message) for w in caught if "all zero" in str(w.message)]
+    assert advice in message
+    if threshold == 0.5:
+        assert "value: 0.5" not in message
+
+
 def _tiny():
     import torch
 
