@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -82,6 +83,30 @@ class MetricSuite:
             for f in families
             if classes[f].requires_method
         }
+
+    def check_masks(self, dataset) -> None:
+        """The families that need a ground-truth mask have images with one: none is an error, some a warning.
+
+        Raises:
+            ValueError: no image of ``dataset`` has a mask (a dataset that cannot tell before reading passes).
+        """
+        if not self.mask_families:
+            return
+        known = [dataset.has_mask(i) for i in range(len(dataset))]
+        if None in known:
+            return  # a dataset kind that learns its masks only when it reads an image
+        missing, families = known.count(False), ", ".join(self.mask_families)
+        if missing == len(known):
+            raise ValueError(
+                f"metrics {families} need a ground-truth mask per image, but no image of {dataset.describe()} has "
+                "one: drop them from evaluation.metrics, or use data with masks (data.kind cub, pairs or synthetic)"
+            )
+        if missing:
+            print(
+                f"warning: {missing} of {len(known)} images have no ground-truth mask: {families} are scored on the "
+                f"other {len(known) - missing} only",
+                file=sys.stderr,
+            )
 
     @property
     def forward_passes(self) -> int:

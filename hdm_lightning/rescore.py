@@ -163,6 +163,10 @@ def rescore(run_dir: str | Path, overrides: list[str] | None = None, everything:
     if compute:
         prep = classifier.preprocess
         suite = MetricSuite(model, compute, cfg.evaluation, prep.mean, prep.std)
+        try:
+            suite.check_masks(dataset)
+        except ValueError as e:
+            raise ConfigError(f"evaluation: {e}") from None
     for run in runs:
         run.records = read_records(run.root)
     names = output_names(dataset.ids)

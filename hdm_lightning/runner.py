@@ -142,9 +142,9 @@ def _prepare(cfg: DictConfig, settings: DictConfig, shard: Shard) -> _Run:
         prep = classifier.preprocess
         try:
             suite = MetricSuite(model, list(cfg.evaluation.metrics), cfg.evaluation, prep.mean, prep.std)
+            suite.check_masks(dataset)
         except ValueError as e:
             raise ConfigError(f"evaluation: {e}") from None
-        _check_masks(suite, dataset)
     names = output_names(dataset.ids)
     if shard.is_main:
         folder.mkdir(parents=True, exist_ok=True)
@@ -166,29 +166,6 @@ def _check_labels(cfg: DictConfig, classifier, dataset) -> None:
                 f"target=label needs a label for every image, but {len(unlabelled)} have none (e.g. "
                 f"{unlabelled[0]!r}): use target=predicted, or a dataset with classes"
             )
-
-
-def _check_masks(suite: MetricSuite, dataset) -> None:
-    """Metrics that need a ground-truth mask: an error when no image has one, a warning when some lack one."""
-    if not suite.mask_families:
-        return
-    known = [dataset.has_mask(i) for i in range(len(dataset))]
-    if None in known:
-        return  # a dataset kind that learns its masks only when it reads an image
-    missing = known.count(False)
-    families = ", ".join(suite.mask_families)
-    if missing == len(known):
-        raise ConfigError(
-            f"evaluation.metrics {families} need a ground-truth mask per image, but no image of "
-            f"{dataset.describe()} has one: drop them from evaluation.metrics, or use data with masks "
-            "(data.kind cub, pairs or synthetic)"
-        )
-    if missing:
-        print(
-            f"warning: {missing} of {len(known)} images have no ground-truth mask: {families} are scored on the "
-            f"other {len(known) - missing} only",
-            file=sys.stderr,
-        )
 
 
 def _progress(run: _Run, plan: RunPlan) -> tqdm:

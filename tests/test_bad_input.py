@@ -37,7 +37,7 @@ CASES = [
     (
         "explain",
         ["--config", TINY, "data.kind=photos", "data.photos=[coffee]", "evaluation.metrics=[pointing_game]"],
-        "pointing_game need a ground-truth mask per image, but no image of",
+        "evaluation: metrics pointing_game need a ground-truth mask per image, but no image of",
     ),
     # output.dir a file, or under a file
     ("explain", ["--config", TINY, "output.dir={tmp}/a_file"], "is a file: set output.dir to a folder path"),
@@ -79,14 +79,14 @@ def test_a_mask_metric_on_data_where_some_images_lack_a_mask_is_a_warning(tmp_pa
     from types import SimpleNamespace
 
     from hdm_lightning.data import MaskPairDataset
+    from hdm_lightning.evaluation import MetricSuite
     from hdm_lightning.models import Preprocess
-    from hdm_lightning.runner import _check_masks
     from tests.fixtures import make_pairs_tree
 
     root = make_pairs_tree(tmp_path / "pairs", n=3)
     (root / "masks" / "img_1.bmp").unlink()
     dataset = MaskPairDataset(root, "images", "masks", Preprocess(size=30, resize=30))
-    _check_masks(SimpleNamespace(mask_families=["pointing_game"]), dataset)
+    MetricSuite.check_masks(SimpleNamespace(mask_families=["pointing_game"]), dataset)
     assert "warning: 1 of 3 images have no ground-truth mask: pointing_game are scored on the other 2 only" in (
         capsys.readouterr().err
     )

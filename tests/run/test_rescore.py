@@ -87,6 +87,12 @@ def test_a_deleted_map_is_named_with_the_way_to_get_it_back(run, tmp_path, capsy
     assert "rerun explain.py" in err and "Traceback" not in err
 
 
+def test_a_mask_metric_on_a_run_without_masks_is_refused(run, capsys):
+    assert rescore_main([str(run), "evaluation.metrics=[pointing_game]"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: evaluation: metrics pointing_game need a ground-truth mask per image"), err
+
+
 def test_rescore_refuses_what_would_change_the_maps(run, tmp_path, capsys):
     assert rescore_main([str(run), "batch_size=1"]) == 2
     err = capsys.readouterr().err
