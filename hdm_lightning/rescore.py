@@ -43,6 +43,7 @@ from hdm_lightning.models import load_classifier
 from hdm_lightning.run.folder import output_names, read_records
 from hdm_lightning.run.plan import MethodRun, build_runs
 from hdm_lightning.run.writer import write_manifest_all, write_reports
+from hdm_lightning.signals import Interrupted, stop_on_signals
 
 __all__ = ["RescoreSummary", "main", "rescore"]
 
@@ -225,7 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all", action="store_true", help="compute every listed family again, changed or not")
     args = ap.parse_args(argv)
     try:
-        summary = rescore(args.run_dir, args.overrides, everything=args.all)
+        with stop_on_signals():
+            summary = rescore(args.run_dir, args.overrides, everything=args.all)
+    except Interrupted as e:
+        print(
+            f"error: stopped by {e.name} before the rescore finished. Rerun the same command to finish it",
+            file=sys.stderr,
+        )
+        return e.exit_status
     except (ValueError, KeyError, FileNotFoundError) as e:  # ConfigError, DatasetError are ValueErrors
         text = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {text}", file=sys.stderr)

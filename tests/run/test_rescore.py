@@ -87,6 +87,21 @@ def test_a_deleted_map_is_named_with_the_way_to_get_it_back(run, tmp_path, capsy
     assert "rerun explain.py" in err and "Traceback" not in err
 
 
+def test_sigterm_stops_a_rescore_with_143(run, monkeypatch, capsys):
+    import os
+    import signal
+
+    import hdm_lightning.rescore as rescore_module
+
+    def preempted(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(rescore_module, "_score", preempted)
+    assert rescore_main([str(run), "--all"]) == 143
+    err = capsys.readouterr().err
+    assert "error: stopped by SIGTERM before the rescore finished. Rerun the same command" in err, err
+
+
 def test_a_mask_metric_on_a_run_without_masks_is_refused(run, capsys):
     assert rescore_main([str(run), "evaluation.metrics=[pointing_game]"]) == 2
     err = capsys.readouterr().err
