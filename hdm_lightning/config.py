@@ -368,8 +368,8 @@ def _load_layers(schema: type, path: str | Path | None, overrides: list[str] | N
             raise ConfigError(f"cannot parse config file {str(path)!r}: {e}") from None
         if not isinstance(layer, DictConfig):
             raise ConfigError(
-                f"config file {str(path)!r} must hold a mapping of settings (key: value lines), not a "
-                f"{type(layer).__name__}: remove the leading '- ' items, see configs/tiny.yaml"
+                f"config file {str(path)!r} must hold a mapping of settings (key: value lines), not a list: remove "
+                "the leading '- ' of its top-level items (see configs/tiny.yaml)"
             )
         try:
             cfg = OmegaConf.merge(cfg, layer)
