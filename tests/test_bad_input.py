@@ -11,10 +11,16 @@ from pathlib import Path
 import pytest
 
 from hdm_lightning.cli import explain_main, train_classifier_main, train_explainer_main
+from hdm_lightning.rescore import main as rescore_main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
-MAINS = {"explain": explain_main, "train_classifier": train_classifier_main, "train_explainer": train_explainer_main}
+MAINS = {
+    "explain": explain_main,
+    "train_classifier": train_classifier_main,
+    "train_explainer": train_explainer_main,
+    "rescore": rescore_main,
+}
 
 CASES = [
     # NaN and inf are refused where the config is loaded (a NaN lr passes every "< 0" check)
@@ -45,6 +51,9 @@ CASES = [
     ("train_classifier", ["output.dir={tmp}/a_file"], "is a file: set output.dir to a folder path"),
     ("train_classifier", ["output.dir={tmp}/a_file/run"], "lies under"),
     ("train_explainer", ["output.dir={tmp}/a_file/run"], "lies under"),
+    # rescore of a folder that holds no run
+    ("rescore", ["{tmp}"], "is not a run folder (no config.yaml): give the output.dir of explain.py"),
+    ("rescore", ["{tmp}/a_file"], "is not a run folder"),
     # output.dir where no folder can be made (Linux: /proc refuses new folders, even to root)
     ("explain", ["--config", TINY, "output.dir=/proc/no_such/run"], "cannot create folders in '/proc'"),
     ("train_classifier", ["output.dir=/proc/no_such/run"], "cannot create folders in '/proc'"),
@@ -56,7 +65,7 @@ def test_bad_input_is_one_error_line(main, args, message, tmp_path, capsys):
     (tmp_path / "a_file").write_text("not a folder\n")
     (tmp_path / "list.yaml").write_text("- method: hdm\n- batch_size: 2\n")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    status = MAINS[main]([*args, "wandb.mode=disabled"])
+    status = MAINS[main](args if main == "rescore" else [*args, "wandb.mode=disabled"])
     err = capsys.readouterr().err
     assert status != 0, err
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
