@@ -150,12 +150,12 @@ class MDMConfig:
 INITS = ("tau", "amortised")
 
 
-def check_finite(tree: Any, where: str = "") -> None:
+def check_finite(tree: Any, where: str = "", free: bool = False) -> None:
     """Refuse a NaN or infinite number anywhere in a config (a DictConfig, dict or list), naming its key.
 
     A NaN learning rate or weight passes every ``< 0`` check and ends in all-zero maps or a crash mid-run, so it is
-    refused where the config is loaded. Strings that read as such numbers (``lr=nan`` in a free ``params`` mapping,
-    which keeps the text) are refused too.
+    refused where the config is loaded. Inside the free-form mappings (``explainer``, any ``params``), which keep
+    ``lr=nan`` as the text ``"nan"`` for ``float()`` to read later, such strings are refused too (``free``).
     """
     if OmegaConf.is_config(tree):
         tree = OmegaConf.to_container(tree)
@@ -163,9 +163,9 @@ def check_finite(tree: Any, where: str = "") -> None:
     for key, value in items:
         name = f"{where}.{key}" if where and isinstance(key, str) else f"{where}[{key}]" if where else str(key)
         if isinstance(value, dict | list):
-            check_finite(value, name)
+            check_finite(value, name, free or key in ("explainer", "params"))
             continue
-        if isinstance(value, str) and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        if free and isinstance(value, str) and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
             value = float(value)
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value!r}: give a number (not nan or inf)")

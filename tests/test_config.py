@@ -89,6 +89,13 @@ def test_nan_and_inf_settings_are_refused_where_the_run_config_is_loaded(overrid
         load_run_config(Path(__file__).parents[1] / "configs" / "tiny.yaml", [override])
 
 
+def test_the_text_nan_is_a_number_only_where_a_number_is_read_from_text():
+    from hdm_lightning.config import load_run_config
+
+    cfg, _ = load_run_config(Path(__file__).parents[1] / "configs" / "tiny.yaml", ["wandb.name=nan", "data.ids=[inf]"])
+    assert cfg.wandb.name == "nan" and list(cfg.data.ids) == ["inf"]
+
+
 def test_a_config_file_that_is_not_a_mapping_is_refused(tmp_path):
     from hdm_lightning.config import ConfigError, load_run_config
 
