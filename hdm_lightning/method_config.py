@@ -245,6 +245,8 @@ def method_config(method: str, overrides: Any = None) -> DictConfig:
 def load_preset(path: str | Path) -> tuple[str, DictConfig]:
     """Load a method preset YAML (with a top-level ``method:``) into ``(method, config)``."""
     raw = OmegaConf.load(path)
+    if not isinstance(raw, DictConfig):
+        raise ValueError(f"preset {str(path)!r} must hold a mapping of settings (key: value), not a list")
     method = raw.get("method")
     if method is None:
         raise ValueError(f"preset {str(path)!r} has no 'method:' key (one of {sorted(METHOD_CONFIGS)})")

@@ -105,6 +105,8 @@ def test_a_config_file_that_is_not_a_mapping_is_refused(tmp_path):
         load_run_config(path, [])
     with pytest.raises(ValueError, match="must hold a mapping of settings"):
         method_config("dm", path)
+    with pytest.raises(ValueError, match="must hold a mapping of settings"):
+        load_preset(path)
 
 
 @pytest.mark.parametrize(("threshold", "advice"), [(0.5, "below 0.5"), (0.9, "e.g. threshold: {kind: quantile")])
