@@ -84,8 +84,10 @@ class MetricSuite:
             if classes[f].requires_method
         }
 
-    def check_masks(self, dataset) -> None:
+    def check_masks(self, dataset, warn: bool = True) -> None:
         """The families that need a ground-truth mask have images with one: none is an error, some a warning.
+
+        ``warn``: print the warning (one process of several: only the first does).
 
         Raises:
             ValueError: no image of ``dataset`` has a mask (a dataset that cannot tell before reading passes).
@@ -101,7 +103,7 @@ class MetricSuite:
                 f"metrics {families} need a ground-truth mask per image, but no image of {dataset.describe()} has "
                 "one: drop them from evaluation.metrics, or use data with masks (data.kind cub, pairs or synthetic)"
             )
-        if missing:
+        if missing and warn:
             print(
                 f"warning: {missing} of {len(known)} images have no ground-truth mask: {families} are scored on the "
                 f"other {len(known) - missing} only",

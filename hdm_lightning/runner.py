@@ -142,7 +142,7 @@ def _prepare(cfg: DictConfig, settings: DictConfig, shard: Shard) -> _Run:
         prep = classifier.preprocess
         try:
             suite = MetricSuite(model, list(cfg.evaluation.metrics), cfg.evaluation, prep.mean, prep.std)
-            suite.check_masks(dataset)
+            suite.check_masks(dataset, warn=shard.is_main)  # every process raises, one warns
         except ValueError as e:
             raise ConfigError(f"evaluation: {e}") from None
     names = output_names(dataset.ids)
