@@ -281,6 +281,17 @@ def test_load_items_sets_an_image_that_runs_out_of_memory_aside(folder_with_corr
     assert "out of memory while reading and preprocessing" in failed[0][2] and "14.6 TiB" in failed[0][2]
 
 
+def test_a_training_image_that_runs_out_of_memory_is_skipped(folder_with_corrupt, monkeypatch):
+    from hdm_lightning.data.training import _Labelled
+
+    def preprocess(self, image):
+        raise MemoryError("Unable to allocate 14.6 TiB")
+
+    monkeypatch.setattr(type(PP), "__call__", preprocess)
+    with pytest.warns(UserWarning, match="skipping training image 'img_0.jpg': out of memory"):
+        assert _Labelled(ImageFolderDataset(folder_with_corrupt, PP), None)[0] is None
+
+
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_datamodule_batches_skip_the_corrupt_image(folder_with_corrupt, num_workers):
     cfg = DataConfig(kind="folder", root=str(folder_with_corrupt))
