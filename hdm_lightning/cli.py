@@ -15,6 +15,7 @@ from hdm_lightning.amortised.train import load_explainer_config, run_explainer
 from hdm_lightning.config import ConfigError, load_run_config
 from hdm_lightning.distributed import launch
 from hdm_lightning.runner import run_explain
+from hdm_lightning.signals import Interrupted, stop_on_signals
 from hdm_lightning.train import run_training
 from hdm_lightning.train_config import load_train_config
 
@@ -22,7 +23,7 @@ __all__ = ["explain_main", "train_classifier_main", "train_explainer_main"]
 
 # Raised by our own checks with a message meant for the user (DatasetError, ImageReadError and
 # ConfigError are ValueErrors; the registries raise KeyError listing the valid names).
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError)
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, PermissionError)
 
 
 def _parser(prog: str, description: str, epilog: str, configs: str) -> argparse.ArgumentParser:
@@ -34,21 +35,38 @@ def _parser(prog: str, description: str, epilog: str, configs: str) -> argparse.
 
 
 def _message(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename is not None:  # a path no check of ours caught: say what to do
+        return (
+            f"{e.strerror}: {str(e.filename)!r}. Check the config key or file that names this path: an input must "
+            "exist and be readable, an output folder (output.dir) must be one this process can create and write"
+        )
     text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
     return str(text)
 
 
-def _main(args: argparse.Namespace, load, run) -> int:
-    """Load the config, then run; a user-fixable error prints one ``error:`` line and returns 2."""
-    try:
-        loaded = load(args.config, args.overrides)
-        if args.print_config:
-            from omegaconf import OmegaConf
+def _main(args: argparse.Namespace, load, run, resumes: str) -> int:
+    """Load the config, then run; a user-fixable error prints one ``error:`` line and returns 2.
 
-            cfg = loaded[0] if isinstance(loaded, tuple) else loaded
-            print(OmegaConf.to_yaml(cfg), end="")
-            return 0
-        summary = run(*loaded) if isinstance(loaded, tuple) else run(loaded)
+    SIGTERM or SIGINT stops the run with one ``error:`` line saying what finished and that a rerun resumes
+    (``resumes`` says from where), and returns 128 + the signal's number (143 for SIGTERM), never 0.
+    """
+    try:
+        with stop_on_signals():
+            loaded = load(args.config, args.overrides)
+            if args.print_config:
+                from omegaconf import OmegaConf
+
+                cfg = loaded[0] if isinstance(loaded, tuple) else loaded
+                print(OmegaConf.to_yaml(cfg), end="")
+                return 0
+            summary = run(*loaded) if isinstance(loaded, tuple) else run(loaded)
+    except Interrupted as e:
+        finished = f" ({e.finished})" if e.finished else ""
+        print(
+            f"error: stopped by {e.name} before the run finished{finished}. Rerun the same command to resume {resumes}",
+            file=sys.stderr,
+        )
+        return e.exit_status
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -76,7 +94,8 @@ def explain_main(argv: list[str] | None = None) -> int:
         summary = run_explain(cfg, settings, shard)
         return summary if shard.is_main else None  # one summary line, from rank 0
 
-    return _main(ap.parse_args(argv), load_run_config, run)
+    resumes = "(finished images are kept; the batch in flight continues from its last checkpoint)"
+    return _main(ap.parse_args(argv), load_run_config, run, resumes)
 
 
 def train_classifier_main(argv: list[str] | None = None) -> int:
@@ -92,7 +111,7 @@ def train_classifier_main(argv: list[str] | None = None) -> int:
         summary = run_training(cfg)
         return summary if rank_zero_only.rank == 0 else None  # one summary line, from rank 0
 
-    return _main(ap.parse_args(argv), load_train_config, run)
+    return _main(ap.parse_args(argv), load_train_config, run, "from the last finished epoch (checkpoints/last.ckpt)")
 
 
 def train_explainer_main(argv: list[str] | None = None) -> int:
@@ -108,4 +127,5 @@ def train_explainer_main(argv: list[str] | None = None) -> int:
         summary = run_explainer(cfg)
         return summary if rank_zero_only.rank == 0 else None  # one summary line, from rank 0
 
-    return _main(ap.parse_args(argv), load_explainer_config, run)
+    resumes = "from the last finished epoch (checkpoints/last.ckpt)"
+    return _main(ap.parse_args(argv), load_explainer_config, run, resumes)

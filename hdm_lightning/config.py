@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from hdm_lightning.bounds import check_sizes
 from hdm_lightning.method_config import (
     _CONFIG_CHECKS,
     METHOD_CONFIGS,
@@ -28,6 +29,7 @@ from hdm_lightning.method_config import (
     MixingConfig,
     ScheduleConfig,
     ThresholdConfig,
+    check_finite,
     load_preset,
     method_config,
     register_method_config,
@@ -369,6 +371,11 @@ def _load_layers(schema: type, path: str | Path | None, overrides: list[str] | N
             layer = OmegaConf.load(path)
         except Exception as e:
             raise ConfigError(f"cannot parse config file {str(path)!r}: {e}") from None
+        if not isinstance(layer, DictConfig):
+            raise ConfigError(
+                f"config file {str(path)!r} must hold a mapping of settings (key: value lines), not a list: remove "
+                "the leading '- ' of its top-level items (see configs/tiny.yaml)"
+            )
         try:
             cfg = OmegaConf.merge(cfg, layer)
         except OmegaConfBaseException as e:
@@ -377,6 +384,11 @@ def _load_layers(schema: type, path: str | Path | None, overrides: list[str] | N
         cfg = OmegaConf.merge(cfg, parse_overrides(list(overrides or [])))
     except OmegaConfBaseException as e:
         raise _config_error(e, "command-line override") from None
+    try:
+        check_finite(cfg)
+        check_sizes(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return cfg
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -74,6 +75,7 @@ class MetricSuite:
             return saliency_metrics(model, names, mean=mean, std=std, batch_size=batch_size, params=kw)
 
         self.families = list(families)
+        self.mask_families = masked  #: the families scored only on images with a ground-truth mask
         self.plain, self.masked = build(plain), build(masked)
         #: the families that rerun the method (``update_from_method``), by name
         self.reruns: dict[str, Metric] = {
@@ -81,6 +83,32 @@ class MetricSuite:
             for f in families
             if classes[f].requires_method
         }
+
+    def check_masks(self, dataset, warn: bool = True) -> None:
+        """The families that need a ground-truth mask have images with one: none is an error, some a warning.
+
+        ``warn``: print the warning (one process of several: only the first does).
+
+        Raises:
+            ValueError: no image of ``dataset`` has a mask (a dataset that cannot tell before reading passes).
+        """
+        if not self.mask_families:
+            return
+        known = [dataset.has_mask(i) for i in range(len(dataset))]
+        if None in known:
+            return  # a dataset kind that learns its masks only when it reads an image
+        missing, families = known.count(False), ", ".join(self.mask_families)
+        if missing == len(known):
+            raise ValueError(
+                f"metrics {families} need a ground-truth mask per image, but no image of {dataset.describe()} has "
+                "one: drop them from evaluation.metrics, or use data with masks (data.kind cub, pairs or synthetic)"
+            )
+        if missing and warn:
+            print(
+                f"warning: {missing} of {len(known)} images have no ground-truth mask: {families} are scored on the "
+                f"other {len(known) - missing} only",
+                file=sys.stderr,
+            )
 
     @property
     def forward_passes(self) -> int:

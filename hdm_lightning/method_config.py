@@ -7,6 +7,7 @@ rejected with the key's name.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +150,27 @@ class MDMConfig:
 INITS = ("tau", "amortised")
 
 
+def check_finite(tree: Any, where: str = "", free: bool = False) -> None:
+    """Refuse a NaN or infinite number anywhere in a config (a DictConfig, dict or list), naming its key.
+
+    A NaN learning rate or weight passes every ``< 0`` check and ends in all-zero maps or a crash mid-run, so it is
+    refused where the config is loaded. Inside the free-form mappings (``explainer``, any ``params``), which keep
+    ``lr=nan`` as the text ``"nan"`` for ``float()`` to read later, such strings are refused too (``free``).
+    """
+    if OmegaConf.is_config(tree):
+        tree = OmegaConf.to_container(tree)
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
+    for key, value in items:
+        name = f"{where}.{key}" if where and isinstance(key, str) else f"{where}[{key}]" if where else str(key)
+        if isinstance(value, dict | list):
+            check_finite(value, name, free or key in ("explainer", "params"))
+            continue
+        if free and isinstance(value, str) and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+            value = float(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}: give a number (not nan or inf)")
+
+
 def check_init(init: str, checkpoint: str | None) -> None:
     """``init`` is ``tau`` or ``amortised``, and ``amortised`` names its ``init_checkpoint``."""
     if init not in INITS:
@@ -196,6 +218,10 @@ def method_config(method: str, overrides: Any = None) -> DictConfig:
         if not path.is_file():
             raise ValueError(f"method config file {str(path)!r} does not exist: give a path to a YAML preset")
         overrides = OmegaConf.load(path)
+        if not isinstance(overrides, DictConfig):
+            raise ValueError(
+                f"method config file {str(path)!r} must hold a mapping of settings (key: value), not a list"
+            )
     elif not isinstance(overrides, DictConfig):
         overrides = OmegaConf.structured(overrides) if hasattr(overrides, "__dataclass_fields__") else overrides
         overrides = OmegaConf.create(overrides)
@@ -205,15 +231,22 @@ def method_config(method: str, overrides: Any = None) -> DictConfig:
     if named is not None and named != method:
         raise ValueError(f"this config is for method {named!r}, not {method!r}: pass method={named!r}")
     try:
-        return OmegaConf.merge(base, overrides)
+        merged = OmegaConf.merge(base, overrides)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         raise ValueError(f"bad {method} config key {key!r}: {e.msg if hasattr(e, 'msg') else e}") from None
+    try:
+        check_finite(merged)
+    except ValueError as e:
+        raise ValueError(f"{method} config: {e}") from None
+    return merged
 
 
 def load_preset(path: str | Path) -> tuple[str, DictConfig]:
     """Load a method preset YAML (with a top-level ``method:``) into ``(method, config)``."""
     raw = OmegaConf.load(path)
+    if not isinstance(raw, DictConfig):
+        raise ValueError(f"preset {str(path)!r} must hold a mapping of settings (key: value), not a list")
     method = raw.get("method")
     if method is None:
         raise ValueError(f"preset {str(path)!r} has no 'method:' key (one of {sorted(METHOD_CONFIGS)})")

@@ -43,6 +43,7 @@ from hdm_lightning.models import load_classifier
 from hdm_lightning.run.folder import output_names, read_records
 from hdm_lightning.run.plan import MethodRun, build_runs
 from hdm_lightning.run.writer import write_manifest_all, write_reports
+from hdm_lightning.signals import Interrupted, stop_on_signals
 
 __all__ = ["RescoreSummary", "main", "rescore"]
 
@@ -163,15 +164,40 @@ def rescore(run_dir: str | Path, overrides: list[str] | None = None, everything:
     if compute:
         prep = classifier.preprocess
         suite = MetricSuite(model, compute, cfg.evaluation, prep.mean, prep.std)
+        try:
+            suite.check_masks(dataset)
+        except ValueError as e:
+            raise ConfigError(f"evaluation: {e}") from None
     for run in runs:
         run.records = read_records(run.root)
+    names = output_names(dataset.ids)
+    if suite is not None:
+        _check_maps(runs, names)
     total = sum(1 for r in runs for rec in r.records.values() if rec.get("status") == "ok")
-    ctx = {"cfg": cfg, "dataset": dataset, "names": output_names(dataset.ids), "drop": drop, "device": device}
+    ctx = {"cfg": cfg, "dataset": dataset, "names": names, "drop": drop, "device": device}
     summary = RescoreSummary(folder, compute)
     with tqdm(total=total, unit="map", desc="rescore", disable=not (cfg.progress and compute), file=sys.stderr) as bar:
         summary.images = _score(runs, ctx, suite, bar)
     _write(folder, old, cfg, runs, dataset.ids)
     return summary
+
+
+def _check_maps(runs: list[MethodRun], names: dict[str, str]) -> None:
+    """Every finished image's map is on disk: a rescore reads them, it never computes one.
+
+    Raises:
+        ConfigError: naming the missing maps and how to get them back.
+    """
+    for run in runs:
+        ok = [i for i, rec in run.records.items() if rec.get("status") == "ok" and i in names]
+        missing = [i for i in ok if not (run.root / "maps" / f"{names[i]}.pt").is_file()]
+        if missing:
+            record = run.root / "records" / f"{names[missing[0]]}.json"
+            raise ConfigError(
+                f"{len(missing)} finished image(s) have no saved map in {str(run.root / 'maps')!r} (e.g. "
+                f"{missing[0]!r}; deleted?) and a rescore only reads maps: delete their records (e.g. {record}), "
+                "rerun explain.py with this run's config and output.dir to compute them again, then rescore"
+            )
 
 
 def _write(folder: Path, old: DictConfig, cfg: DictConfig, runs: list[MethodRun], order: list[str]) -> None:
@@ -200,7 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all", action="store_true", help="compute every listed family again, changed or not")
     args = ap.parse_args(argv)
     try:
-        summary = rescore(args.run_dir, args.overrides, everything=args.all)
+        with stop_on_signals():
+            summary = rescore(args.run_dir, args.overrides, everything=args.all)
+    except Interrupted as e:
+        print(
+            f"error: stopped by {e.name} before the rescore finished. Rerun the same command to finish it",
+            file=sys.stderr,
+        )
+        return e.exit_status
     except (ValueError, KeyError, FileNotFoundError) as e:  # ConfigError, DatasetError are ValueErrors
         text = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {text}", file=sys.stderr)

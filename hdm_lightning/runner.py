@@ -31,6 +31,7 @@ from hdm_lightning.io import atomic_write_text
 from hdm_lightning.models import check_num_classes, load_classifier
 from hdm_lightning.run.batch import batch_targets, explain_batch
 from hdm_lightning.run.folder import check_run_folder, output_names, read_records
+from hdm_lightning.run.inputs import write_inputs
 from hdm_lightning.run.plan import MethodRun, RunPlan, build_runs, plan_batches
 from hdm_lightning.run.wandb_log import log_batch, log_summary, wandb_logger
 from hdm_lightning.run.writer import (
@@ -41,6 +42,7 @@ from hdm_lightning.run.writer import (
     write_method_batch,
     write_reports,
 )
+from hdm_lightning.signals import Interrupted
 
 __all__ = ["RunSummary", "run_explain"]
 
@@ -109,6 +111,12 @@ def run_explain(cfg: DictConfig, settings: DictConfig, shard: Shard | None = Non
         for k, indices in plan.todo:
             _one_batch(run, k, indices, summary, bar)
         completed = True
+    except Interrupted as e:
+        e.finished = (
+            f"{summary.done} images explained by this run, {plan.skipped} before it, "
+            f"{plan.mine - summary.done - summary.failed} left; results so far in {run.folder}"
+        )
+        raise
     finally:
         bar.close()
         _finish(run, summary, completed)
@@ -134,11 +142,13 @@ def _prepare(cfg: DictConfig, settings: DictConfig, shard: Shard) -> _Run:
         prep = classifier.preprocess
         try:
             suite = MetricSuite(model, list(cfg.evaluation.metrics), cfg.evaluation, prep.mean, prep.std)
+            suite.check_masks(dataset, warn=shard.is_main)  # every process raises, one warns
         except ValueError as e:
             raise ConfigError(f"evaluation: {e}") from None
     names = output_names(dataset.ids)
     if shard.is_main:
         folder.mkdir(parents=True, exist_ok=True)
+        write_inputs(folder, cfg)  # before config.yaml: a folder with a config has its inputs recorded
         atomic_write_text(OmegaConf.to_yaml(cfg), folder / "config.yaml")
     shard.barrier()  # rank 0 has checked (or archived) the folder: everyone reads the same records
     gallery_ids = set(dataset.ids[: int(cfg.evaluation.gallery)]) if len(runs) > 1 else set()

@@ -3,6 +3,7 @@
 Run folder (``output.dir``)::
 
     config.yaml               the resolved config
+    inputs.json               content digests of the files the config names (a rerun checks them)
     checkpoints/best.ckpt     Lightning checkpoint with the best val/acc1 (ModelCheckpoint)
     checkpoints/last.ckpt     the latest epoch: a rerun resumes from it (output.resume)
     classifier.pt             the best weights in the ``hdm_lightning.classifier`` format (backbone,
@@ -37,6 +38,7 @@ from hdm_lightning.models import (
 )
 from hdm_lightning.models.lightning_classifier import ClassifierModule, initial_backbone
 from hdm_lightning.run.folder import check_run_folder
+from hdm_lightning.run.inputs import write_inputs
 
 __all__ = ["TrainSummary", "build_trainer", "run_training"]
 
@@ -101,6 +103,7 @@ def run_training(cfg: DictConfig) -> TrainSummary:
     module, source = _module(cfg, data, resume)
     if main:
         folder.mkdir(parents=True, exist_ok=True)
+        write_inputs(folder, cfg)  # before config.yaml: a folder with a config has its inputs recorded
         atomic_write_text(OmegaConf.to_yaml(cfg), folder / "config.yaml")
         print(
             f"training {cfg.backbone} ({source}) on {data.train_set.describe()}; "

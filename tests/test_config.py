@@ -54,6 +54,74 @@ def test_unknown_key_and_bad_type_are_named():
         hl.build_method("dm", model, {"config": {"aux_reference": "last"}}).explain(images)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"schedule": {"params": {"lr": float("nan")}}}, "schedule.params.lr"),
+        ({"schedule": {"params": {"eta": "nan"}}}, "schedule.params.eta"),
+        ({"mixing": {"lr": float("nan")}}, "mixing.lr"),
+        ({"threshold": {"value": float("inf")}}, "threshold.value"),
+    ],
+)
+def test_nan_and_inf_settings_are_refused_when_the_method_is_built(overrides, key):
+    with pytest.raises(ValueError, match=f"{key} must be a finite number"):
+        method_config("hdm", overrides)
+    model, _ = _tiny()
+    with pytest.raises(ValueError, match=f"{key} must be a finite number"):
+        hl.HDM(model, overrides)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "explainer.schedule.params.lr=nan",
+        "explainer.schedule.params.eta=nan",
+        "explainer.mixing.lr=nan",
+        "explainer.tau=inf",
+        "evaluation.ci_level=-inf",
+    ],
+)
+def test_nan_and_inf_settings_are_refused_where_the_run_config_is_loaded(override):
+    from hdm_lightning.config import ConfigError, load_run_config
+
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"{key} must be a finite number"):
+        load_run_config(Path(__file__).parents[1] / "configs" / "tiny.yaml", [override])
+
+
+def test_the_text_nan_is_a_number_only_where_a_number_is_read_from_text():
+    from hdm_lightning.config import load_run_config
+
+    cfg, _ = load_run_config(Path(__file__).parents[1] / "configs" / "tiny.yaml", ["wandb.name=nan", "data.ids=[inf]"])
+    assert cfg.wandb.name == "nan" and list(cfg.data.ids) == ["inf"]
+
+
+def test_a_config_file_that_is_not_a_mapping_is_refused(tmp_path):
+    from hdm_lightning.config import ConfigError, load_run_config
+
+    path = tmp_path / "list.yaml"
+    path.write_text("- method: hdm\n- batch_size: 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping of settings"):
+        load_run_config(path, [])
+    with pytest.raises(ValueError, match="must hold a mapping of settings"):
+        method_config("dm", path)
+    with pytest.raises(ValueError, match="must hold a mapping of settings"):
+        load_preset(path)
+
+
+@pytest.mark.parametrize(("threshold", "advice"), [(0.5, "below 0.5"), (0.9, "e.g. threshold: {kind: quantile")])
+def test_the_all_zero_maps_warning_does_not_advise_the_value_already_set(threshold, advice):
+    model, images = _tiny()
+    config = {"schedule": {"params": {"sizes": [2], "factors": [2], "epochs": 1, "lr": 1e-30}}}
+    config["threshold"] = {"kind": "quantile", "value": threshold}
+    with pytest.warns(UserWarning, match="maps are all zero") as caught:
+        hl.DM(model, config).explain(images)
+    (message,) = [str(w.message) for w in caught if "all zero" in str(w.message)]
+    assert advice in message
+    if threshold == 0.5:
+        assert "value: 0.5" not in message
+
+
 def _tiny():
     import torch
 

@@ -210,6 +210,34 @@ def test_killed_process_resumes_to_identical_outputs(reference, folder, tmp_path
     same_results(out, reference)
 
 
+def _stop_mid_second_batch(out: Path, args: list[str], signum: int, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if list((out / ".work").glob("batch-000001/*.pt")):  # mid-way through the second batch
+            break
+        time.sleep(0.02)
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+
+
+@pytest.mark.slow
+def test_stopped_process_exits_non_zero_and_resumes_to_identical_outputs(reference, folder, tmp_path):
+    """SIGTERM (a scheduler's preemption) and SIGINT stop `python explain.py` with a non-zero status and a message."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        out = tmp_path / signum.name
+        args = [sys.executable, str(REPO / "explain.py"), "--config", TINY, f"data.root={folder}", f"output.dir={out}"]
+        done = _stop_mid_second_batch(out, [*args, "wandb.mode=disabled"], signum, tmp_path)
+        assert done.returncode == 128 + signum, (done.returncode, done.stderr)
+        assert "Traceback" not in done.stderr and done.stderr.count("error: ") == 1, done.stderr
+        assert f"error: stopped by {signum.name}" in done.stderr and "2 images explained by this run" in done.stderr
+        assert "Rerun the same command to resume" in done.stderr and "images explained" not in done.stdout
+        assert run(f"data.root={folder}", f"output.dir={out}", "wandb.mode=disabled") == 0
+        same_results(out, reference)
+
+
 # ------------------------------------------------------------------------------------------- configs
 
 

@@ -84,6 +84,26 @@ def test_folder_with_train_and_val_subfolders_and_resume(tmp_path, capsys):
     assert ckpt["global_step"] == 2 and ckpt["hyper_parameters"]["max_epochs"] == 2  # one step per epoch, 2 epochs
 
 
+def test_sigterm_during_training_exits_143_and_says_a_rerun_resumes(tmp_path, monkeypatch, capsys):
+    """Lightning turns a SIGTERM inside fit into exit 0 (a scheduler reads: done); here it is 143 and one message."""
+    import signal
+
+    from hdm_lightning.models.lightning_classifier import ClassifierModule
+
+    root = tmp_path / "folder"
+    make_folder_tree(root / "train", classes=("a", "b"), per_class=2)
+    make_folder_tree(root / "val", classes=("a", "b"), per_class=1)
+
+    def preempted(self, batch, batch_idx):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(ClassifierModule, "training_step", preempted)
+    assert train("data.kind=folder", f"data.root={root}", f"output.dir={tmp_path / 'clf'}") == 143
+    err = capsys.readouterr().err
+    assert "error: stopped by SIGTERM before the run finished. Rerun the same command to resume" in err, err
+    assert "Traceback" not in err and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def test_bad_input_messages(tmp_path, capsys):
     cub = make_cub_tree(tmp_path / "cub", classes=2, per_class=2)
     (cub / "train_test_split.txt").unlink()

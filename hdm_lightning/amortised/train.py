@@ -3,6 +3,7 @@
 Same conventions as ``train_classifier.py``. Run folder (``output.dir``)::
 
     config.yaml               the resolved config
+    inputs.json               content digests of the files the config names (a rerun checks them)
     checkpoints/best.ckpt     Lightning checkpoint with the lowest val/loss (the predictor only)
     checkpoints/last.ckpt     the latest epoch: a rerun resumes from it (output.resume)
     explainer.pt              the best predictor with the DM settings it predicts for:
@@ -42,8 +43,9 @@ from hdm_lightning.config import (
 from hdm_lightning.data.training import ClassifierDataModule
 from hdm_lightning.io import atomic_write_text
 from hdm_lightning.method_config import METHOD_CONFIGS, method_config
-from hdm_lightning.models import load_classifier
+from hdm_lightning.models import check_num_classes, load_classifier
 from hdm_lightning.run.folder import check_run_folder
+from hdm_lightning.run.inputs import write_inputs
 from hdm_lightning.train import build_trainer
 from hdm_lightning.train_config import AUGMENTS, TrainerRunConfig
 
@@ -225,15 +227,12 @@ def run_explainer(cfg: DictConfig) -> ExplainerSummary:
         val_limit=cfg.val_limit,
         epoch_seeded=True,  # a resumed run sees the batches an uninterrupted one does
     )
-    if data.class_names is not None and len(data.class_names) != classifier.num_classes and cfg.target == "label":
-        raise ConfigError(
-            f"target=label needs the dataset's classes to be the classifier's: {len(data.class_names)} vs "
-            f"{classifier.num_classes}; use target=predicted"
-        )
+    _check_classes(cfg, classifier, data)
     module = _module(cfg, classifier)
     resume = last if cfg.output.resume and last.is_file() else None
     if main:
         folder.mkdir(parents=True, exist_ok=True)
+        write_inputs(folder, cfg)  # before config.yaml: a folder with a config has its inputs recorded
         atomic_write_text(OmegaConf.to_yaml(cfg), folder / "config.yaml")
         print(
             f"training a mask predictor for {classifier.name} ({classifier.source}) on "
@@ -263,6 +262,20 @@ def run_explainer(cfg: DictConfig) -> ExplainerSummary:
     }
     explainer.save(exported)
     return ExplainerSummary(folder, exported, score, trainer.current_epoch)
+
+
+def _check_classes(cfg: DictConfig, classifier, data: ClassifierDataModule) -> None:
+    """The classifier's head fits the dataset's classes, as explain.py requires of the same pair.
+
+    Checked for ``target=label`` and for a classifier from a checkpoint (trained on some dataset's classes); a
+    random-init or ImageNet classifier may be explained on images of any classes with ``target=predicted``.
+    """
+    if cfg.target == "label" or classifier.source.startswith("checkpoint"):
+        classes = None if data.class_names is None else len(data.class_names)
+        try:
+            check_num_classes(classifier, classes, data.train_set.describe())
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _module(cfg: DictConfig, classifier) -> AmortisedMaskModule:

@@ -175,6 +175,7 @@ class CUBDataset(ItemDataset):
     """
 
     root_hint = "/path/to/CUB_200_2011"
+    masks = True  # a segmentation, else the bounding box
 
     def __init__(
         self,

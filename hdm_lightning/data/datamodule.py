@@ -33,8 +33,9 @@ def load_items(dataset: ItemDataset, indices: Iterable[int]) -> tuple[list[Item]
 
     Returns:
         ``(items, failed)``: the readable items in order (``item.index`` is their index), and
-        ``(index, id, message)`` for each :class:`ImageReadError`. Other exceptions propagate: they are
-        bugs, not bad files.
+        ``(index, id, message)`` for each :class:`ImageReadError` and for each image whose reading or
+        preprocessing ran out of memory (an image too large for this machine is a bad file too). Other
+        exceptions propagate: they are bugs, not bad files.
     """
     items, failed = [], []
     for i in indices:
@@ -43,6 +44,12 @@ def load_items(dataset: ItemDataset, indices: Iterable[int]) -> tuple[list[Item]
             items.append(dataset[i])
         except ImageReadError as e:
             failed.append((i, dataset.ids[i], str(e)))
+        except (MemoryError, torch.OutOfMemoryError) as e:
+            message = (
+                f"{dataset.ids[i]}: out of memory while reading and preprocessing this image ({type(e).__name__}: "
+                f"{e}): shrink the image file, or lower classifier.preprocess.resize"
+            )
+            failed.append((i, dataset.ids[i], message))
     return items, failed
 
 

@@ -34,6 +34,8 @@ class ImageFolderDataset(ItemDataset):
         DatasetError: ``root`` missing, no images found, or a class folder without images.
     """
 
+    masks = False
+
     def __init__(self, root: str | os.PathLike, preprocess: Preprocess) -> None:
         self.root = existing_dir(root, "image folder")
         self.preprocess = preprocess

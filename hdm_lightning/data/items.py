@@ -63,6 +63,8 @@ class ItemDataset(Dataset):
 
     needs_root: ClassVar[bool] = True  # whether ``data.root`` is required for this kind
     root_hint: ClassVar[str] = "/path/to/the/folder"  # example data.root in the "data.root is required" error
+    # whether the items carry a ground-truth mask: True (every item), False (none), None (unknown: see has_mask)
+    masks: ClassVar[bool | None] = None
 
     ids: list[str]
     labels: list[int]
@@ -95,6 +97,10 @@ class ItemDataset(Dataset):
             raise IndexError(f"item index {index} out of range for a dataset of {n} items")
         i %= n
         return dataclasses.replace(self._load(i), index=i)
+
+    def has_mask(self, i: int) -> bool | None:
+        """Whether item ``i`` comes with a ground-truth mask, known without reading it (``None``: unknown)."""
+        return self.masks
 
     def _load(self, i: int) -> Item:
         raise NotImplementedError

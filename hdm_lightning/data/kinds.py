@@ -39,9 +39,11 @@ arrays::
             return f"npy arrays: {len(self)} at {self.root}"
 
 Then ``data.kind: npy`` with ``data.root: /path/to/arrays`` works in any config. Set ``needs_root = False`` on a
-kind that reads no folder (as ``photos`` and ``synthetic`` do), and ``root_hint`` to the example path its
-"data.root is required" error shows. A kind reads its options from the existing ``DataConfig`` fields (``root``,
-``split``, ...): the config schema refuses unknown keys. Registering a name twice is an error.
+kind that reads no folder (as ``photos`` and ``synthetic`` do), ``root_hint`` to the example path its
+"data.root is required" error shows, and ``masks`` to ``True`` or ``False`` when every item or none carries a
+ground-truth mask (or override ``has_mask(i)``): the mask metrics are refused on data that has none. A kind reads its
+options from the existing ``DataConfig`` fields (``root``, ``split``, ...): the config schema refuses unknown keys.
+Registering a name twice is an error.
 """
 
 from __future__ import annotations

@@ -82,6 +82,9 @@ class MaskPairDataset(ItemDataset):
         """How many images have a mask file."""
         return sum(m is not None for m in self._masks)
 
+    def has_mask(self, i: int) -> bool:  # noqa: D102
+        return self._masks[i] is not None
+
     def _load(self, i: int) -> Item:
         path, mask_path = self._paths[i], self._masks[i]
         image = load_rgb(path)

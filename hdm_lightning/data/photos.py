@@ -93,6 +93,7 @@ class PhotoDataset(ItemDataset):
     """
 
     needs_root = False
+    masks = False
 
     def __init__(self, photos: Sequence[str], preprocess: Preprocess) -> None:
         names = [str(p) for p in photos]

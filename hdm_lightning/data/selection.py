@@ -27,6 +27,9 @@ class DatasetSubset(ItemDataset):
     def _load(self, i: int) -> Item:
         return self.dataset[self.indices[i]]
 
+    def has_mask(self, i: int) -> bool | None:  # noqa: D102
+        return self.dataset.has_mask(self.indices[i])
+
     def describe(self) -> str:  # noqa: D102
         note = f" ({self.note})" if self.note else ""
         return f"{self.dataset.describe()}; {len(self)} selected{note}"

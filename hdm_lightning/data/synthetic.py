@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hdm_lightning.bounds import MAX_SYNTHETIC_SIZE, WHY_SYNTHETIC
 from hdm_lightning.data.images import ImageReadError, load_mask, load_rgb
 from hdm_lightning.data.items import DatasetError, Item, ItemDataset
 from hdm_lightning.data.kinds import register_dataset_kind
@@ -82,10 +83,10 @@ _SYMMETRY = {"circle": 0.0, "square": np.pi / 2, "triangle": 2 * np.pi / 3, "cro
 
 
 def _check_args(size: Any, seed: Any, split: Any) -> None:
-    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < MIN_SIZE:
+    if isinstance(size, bool) or not isinstance(size, int | np.integer) or not MIN_SIZE <= size <= MAX_SYNTHETIC_SIZE:
         raise DatasetError(
-            f"synthetic image size must be an integer of at least {MIN_SIZE} pixels (the shapes need room), got "
-            f"{size!r}: set data.synthetic.size=64"
+            f"synthetic image size must be an integer of at least {MIN_SIZE} pixels (the shapes need room) and at "
+            f"most {MAX_SYNTHETIC_SIZE} ({WHY_SYNTHETIC.split('; ')[0]}), got {size!r}: set data.synthetic.size=64"
         )
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise DatasetError(f"synthetic seed must be a non-negative integer, got {seed!r}: set data.synthetic.seed=0")
@@ -304,6 +305,7 @@ class SyntheticShapesDataset(ItemDataset):
     """
 
     needs_root = False
+    masks = True
 
     def __init__(
         self,

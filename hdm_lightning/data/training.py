@@ -55,6 +55,11 @@ class _Labelled(Dataset):
         except ImageReadError as e:
             warnings.warn(f"skipping an unreadable training image: {e}", stacklevel=1)
             return None
+        except (MemoryError, torch.OutOfMemoryError) as e:  # one image too large for this machine, as explain.py
+            warnings.warn(
+                f"skipping training image {self.items.ids[i]!r}: out of memory preprocessing it ({e})", stacklevel=1
+            )
+            return None
         x = item.image if self.transform is None else self.transform(item.image)
         return x, item.label
 

@@ -151,10 +151,14 @@ class _MaskMethod(SaliencyMethod):
         empty = int((out.saliency.flatten(1).amax(1) <= 0).sum())
         if empty:
             t = self.cfg.threshold
+            if t.kind == "quantile" and t.value <= 0.5:  # at or below the median already: the mask is flat
+                fix = f"or lower threshold.value below {t.value:g} (the masks hardly moved from tau)"
+            else:
+                fix = "or lower threshold.value (e.g. threshold: {kind: quantile, value: 0.5})"
             warnings.warn(
                 f"{self.name}: {empty} of {batch} maps are all zero: the threshold gamma "
-                f"({t.kind} {t.value:g}) is at or above every value of the combined mask. Train longer, or lower "
-                "threshold.value (e.g. threshold: {kind: quantile, value: 0.5})",
+                f"({t.kind} {t.value:g}) is at or above every value of the combined mask. Train longer (more "
+                f"epochs, a larger lr), {fix}",
                 stacklevel=3,
             )
         expected = out.passes_per_image * batch

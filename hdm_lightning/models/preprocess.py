@@ -14,6 +14,8 @@ from torch import Tensor
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from hdm_lightning.bounds import MAX_IMAGE_SIDE, WHY_IMAGE
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "Preprocess"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -48,6 +50,8 @@ class Preprocess:
             raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {self.interpolation!r}")
         if not 1 <= int(self.size) <= int(self.resize):
             raise ValueError(f"need 1 <= size <= resize, got size={self.size!r}, resize={self.resize!r}")
+        if int(self.resize) > MAX_IMAGE_SIDE:
+            raise ValueError(f"size and resize may be at most {MAX_IMAGE_SIDE} pixels, got {self.resize}: {WHY_IMAGE}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"mean and std need three values (std > 0), got {self.mean!r} / {self.std!r}")
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))

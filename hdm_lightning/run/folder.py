@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 import sys
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -18,8 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from hdm_lightning.config import ConfigError
 from hdm_lightning.data import IMAGE_EXTENSIONS
+from hdm_lightning.run.inputs import check_inputs
 
-__all__ = ["NON_RESULT_KEYS", "check_run_folder", "output_names", "read_records", "safe_name"]
+__all__ = ["NON_RESULT_KEYS", "check_output_dir", "check_run_folder", "output_names", "read_records", "safe_name"]
 
 # Keys that change how a run goes, not what it computes: a rerun may change them and still resume.
 NON_RESULT_KEYS = (
@@ -109,6 +112,28 @@ def _schema_defaults(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(schema))
 
 
+def check_output_dir(folder: Path, key: str = "output.dir") -> None:
+    """``folder`` is, or can become, a folder this process writes to: not a file, not under one, writable.
+
+    Raises:
+        ConfigError: naming the path in the way and the fix.
+    """
+    for place in (folder, *folder.absolute().parents):
+        if not place.exists():
+            continue
+        if not place.is_dir():
+            where = "is a file" if place == folder else f"lies under {str(place)!r}, which is a file"
+            raise ConfigError(f"{key}={str(folder)!r} {where}: set {key} to a folder path (new or existing)")
+        try:  # a folder made and removed again: what the run will do (os.access says yes to root even on /proc)
+            os.rmdir(tempfile.mkdtemp(dir=place, prefix=".write-check-"))
+        except OSError as e:
+            raise ConfigError(
+                f"{key}={str(folder)!r}: cannot create folders in {str(place)!r} ({e.strerror}): set {key} to a "
+                "folder you can write to, or change the folder's permissions"
+            ) from None
+        return
+
+
 def check_run_folder(
     folder: Path, cfg: DictConfig, ignore: tuple[str, ...] = NON_RESULT_KEYS, defaults: dict | None = None
 ) -> None:
@@ -120,10 +145,14 @@ def check_run_folder(
     default: new settings default to the earlier behaviour. ``defaults`` are the schema's values (default: those of
     ``cfg``'s structured type).
 
+    The files the config names (checkpoints, imported modules) must hold what they held when the run began
+    (:mod:`hdm_lightning.run.inputs`).
+
     Raises:
-        ConfigError: ``folder`` holds a run whose result-determining settings differ and
+        ConfigError: ``folder`` holds a run whose result-determining settings or input files differ and
             ``output.resume`` is true.
     """
+    check_output_dir(folder)
     saved = folder / "config.yaml"
     if not folder.exists() or not any(p for p in folder.iterdir() if not p.name.startswith("previous-")):
         return
@@ -156,6 +185,7 @@ def check_run_folder(
             "Choose another output.dir, or pass output.resume=false to move the old run into "
             f"{folder}/previous-<time>/ and start over"
         )
+    check_inputs(folder, cfg)
 
 
 def read_records(folder: Path) -> dict[str, dict]:

@@ -3,6 +3,7 @@
 Layout of a run folder (``output.dir``; a comparison has one such set per method under ``methods/<label>/``)::
 
     config.yaml                 the resolved config (method settings included)
+    inputs.json                 content digests of the files the config names (hdm_lightning.run.inputs)
     manifest.csv                one row per image: id, status, classes, score, seconds, passes, paths
     maps/<id>.pt                the maps as tensors (torch.load(..., weights_only=True)); with restarts also the
                                 runs' per-pixel spread and their mean pairwise Pearson (restart_agreement)

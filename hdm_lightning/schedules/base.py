@@ -7,6 +7,7 @@ stage are independent of each other and are trained together in one batched forw
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -53,10 +54,11 @@ class MaskVector:
         a, b = self.size
         if int(a) != a or int(b) != b or a < 1 or b < 1:
             raise ValueError(f"mask vector {self.name!r}: size must be two positive integers, got {self.size!r}")
-        if self.lr <= 0:
-            raise ValueError(f"mask vector {self.name!r}: lr must be > 0, got {self.lr!r}")
-        if min(self.reg_weight, self.consistency_weight, self.l2_weight, self.tv_weight) < 0:
-            raise ValueError(f"mask vector {self.name!r}: loss weights must be >= 0")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"mask vector {self.name!r}: lr must be > 0 and finite, got {self.lr!r}")
+        weights = (self.reg_weight, self.consistency_weight, self.l2_weight, self.tv_weight)
+        if not all(0 <= w < math.inf for w in weights):
+            raise ValueError(f"mask vector {self.name!r}: loss weights must be finite numbers >= 0, got {weights}")
         if self.reg_on not in REG_ON:
             raise ValueError(f"mask vector {self.name!r}: reg_on must be one of {list(REG_ON)}, got {self.reg_on!r}")
 

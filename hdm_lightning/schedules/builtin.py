@@ -30,8 +30,8 @@ def parse_sizes(sizes: Sequence, what: str = "sizes") -> list[tuple[int, int]]:
 
 
 def _positive(name: str, value: float) -> None:
-    if value is None or value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
+    if value is None or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be > 0 and finite, got {value!r}")
 
 
 @register_schedule("dm")
@@ -94,8 +94,8 @@ class DMSchedule(MaskSchedule):
         _positive("lr", self.lr)
         _positive("aux_lr", self.aux_lr)
         self.eta, self.aux_eta = float(eta), float(aux_eta if aux_eta is not None else eta)
-        if self.eta < 0 or self.aux_eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta!r} / aux_eta {aux_eta!r}")
+        if not (0 <= self.eta < math.inf and 0 <= self.aux_eta < math.inf):
+            raise ValueError(f"eta must be a finite number >= 0, got {eta!r} / aux_eta {aux_eta!r}")
         if max_level is not None and int(max_level) < 0:
             raise ValueError(f"max_level must be >= 0 or None, got {max_level!r}")
         self.max_level = None if max_level is None else int(max_level)

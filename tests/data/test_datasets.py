@@ -22,6 +22,7 @@ from hdm_lightning.data import (
     box_mask,
     build_dataset,
     load_items,
+    load_rgb,
     make_batch,
 )
 from hdm_lightning.models.preprocess import Preprocess
@@ -261,6 +262,34 @@ def test_load_items_sets_failures_aside(folder_with_corrupt):
     assert batch["image"].shape == (2, 3, 30, 30) and batch["mask"] is None and batch["failed"] == failed
     empty = make_batch([], failed, size=30)
     assert empty["image"].shape == (0, 3, 30, 30) and empty["index"].tolist() == []
+
+
+def test_load_items_sets_an_image_that_runs_out_of_memory_aside(folder_with_corrupt, monkeypatch):
+    ds = ImageFolderDataset(folder_with_corrupt, PP)
+    real = type(PP).__call__
+
+    def preprocess(self, image):
+        if image.getpixel((0, 0)) == first_pixel:
+            raise MemoryError("Unable to allocate 14.6 TiB")
+        return real(self, image)
+
+    first_pixel = load_rgb(folder_with_corrupt / "img_2.jpg").getpixel((0, 0))
+    monkeypatch.setattr(type(PP), "__call__", preprocess)
+    items, failed = load_items(ds, [0, 2, 3])
+    assert [it.id for it in items] == ["img_0.jpg", "img_3.jpg"]
+    assert len(failed) == 1 and failed[0][:2] == (2, "img_2.jpg")
+    assert "out of memory while reading and preprocessing" in failed[0][2] and "14.6 TiB" in failed[0][2]
+
+
+def test_a_training_image_that_runs_out_of_memory_is_skipped(folder_with_corrupt, monkeypatch):
+    from hdm_lightning.data.training import _Labelled
+
+    def preprocess(self, image):
+        raise MemoryError("Unable to allocate 14.6 TiB")
+
+    monkeypatch.setattr(type(PP), "__call__", preprocess)
+    with pytest.warns(UserWarning, match="skipping training image 'img_0.jpg': out of memory"):
+        assert _Labelled(ImageFolderDataset(folder_with_corrupt, PP), None)[0] is None
 
 
 @pytest.mark.parametrize("num_workers", [0, 1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,37 @@ def test_rescore_with_new_settings_writes_new_tables_and_keeps_the_maps(run, tmp
     # the folder stays one consistent run: explain.py with the new settings resumes it (nothing to do)
     assert explain_main([*base(run), "evaluation.drop_percents=[50]", "evaluation.reference=random"]) == 0
     assert "0 images explained, 3 skipped" in capsys.readouterr().out
+
+
+def test_a_deleted_map_is_named_with_the_way_to_get_it_back(run, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    (copy / "methods" / "random" / "maps" / "coffee.pt").unlink()
+    assert rescore_main([str(copy), "--all"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 1 finished image(s) have no saved map") and "'coffee'" in err, err
+    assert "rerun explain.py" in err and "Traceback" not in err
+
+
+def test_sigterm_stops_a_rescore_with_143(run, monkeypatch, capsys):
+    import os
+    import signal
+
+    import hdm_lightning.rescore as rescore_module
+
+    def preempted(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(rescore_module, "_score", preempted)
+    assert rescore_main([str(run), "--all"]) == 143
+    err = capsys.readouterr().err
+    assert "error: stopped by SIGTERM before the rescore finished. Rerun the same command" in err, err
+
+
+def test_a_mask_metric_on_a_run_without_masks_is_refused(run, capsys):
+    assert rescore_main([str(run), "evaluation.metrics=[pointing_game]"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: evaluation: metrics pointing_game need a ground-truth mask per image"), err
 
 
 def test_rescore_refuses_what_would_change_the_maps(run, tmp_path, capsys):

@@ -53,6 +53,8 @@ def test_mdm_plan_paper():
         ("dm", {"factors": [1]}, "factors must be integers >= 2"),
         ("dm", {"epochs": -1}, "epochs must be >= 0"),
         ("dm", {"lr": -1}, "lr must be > 0"),
+        ("dm", {"lr": float("nan")}, "lr must be > 0 and finite"),
+        ("dm", {"eta": float("inf")}, "eta must be a finite number >= 0"),
         ("dm", {"sizes": ["big"]}, "an int or an \\[a, b\\] pair, got 'big'"),
         ("dm", {"step": 3}, "Known parameters: \\['sizes'"),
         ("mdm", {"steps": 0}, "steps must be >= 1"),
