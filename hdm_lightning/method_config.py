@@ -8,7 +8,7 @@ rejected with the key's name.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,21 +150,29 @@ class MDMConfig:
 INITS = ("tau", "amortised")
 
 
-def check_finite(tree: Any, where: str = "", free: bool = False) -> None:
-    """Refuse a NaN or infinite number anywhere in a config (a DictConfig, dict or list), naming its key.
-
-    A NaN learning rate or weight passes every ``< 0`` check and ends in all-zero maps or a crash mid-run, so it is
-    refused where the config is loaded. Inside the free-form mappings (``explainer``, any ``params``), which keep
-    ``lr=nan`` as the text ``"nan"`` for ``float()`` to read later, such strings are refused too (``free``).
-    """
+def config_leaves(tree: Any, where: str = "") -> Iterator[tuple[str, tuple, Any]]:
+    """``(dotted name, keys from the root, value)`` of every leaf of a config (a DictConfig, dict or list)."""
     if OmegaConf.is_config(tree):
         tree = OmegaConf.to_container(tree)
     items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
     for key, value in items:
         name = f"{where}.{key}" if where and isinstance(key, str) else f"{where}[{key}]" if where else str(key)
         if isinstance(value, dict | list):
-            check_finite(value, name, free or key in ("explainer", "params"))
-            continue
+            for leaf, keys, leaf_value in config_leaves(value, name):
+                yield leaf, (key, *keys), leaf_value
+        else:
+            yield name, (key,), value
+
+
+def check_finite(tree: Any) -> None:
+    """Refuse a NaN or infinite number anywhere in a config (a DictConfig, dict or list), naming its key.
+
+    A NaN learning rate or weight passes every ``< 0`` check and ends in all-zero maps or a crash mid-run, so it is
+    refused where the config is loaded. Inside the free-form mappings (``explainer``, any ``params``), which keep
+    ``lr=nan`` as the text ``"nan"`` for ``float()`` to read later, such strings are refused too.
+    """
+    for name, keys, value in config_leaves(tree):
+        free = any(k in ("explainer", "params") for k in keys[:-1])
         if free and isinstance(value, str) and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
             value = float(value)
         if isinstance(value, float) and not math.isfinite(value):

@@ -14,10 +14,11 @@ import importlib.util
 import json
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from hdm_lightning.config import ConfigError
 from hdm_lightning.io import atomic_write_json
+from hdm_lightning.method_config import config_leaves
 
 __all__ = ["INPUTS_FILE", "check_inputs", "input_digests", "write_inputs"]
 
@@ -33,17 +34,13 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _named_files(tree: object, where: str = "") -> dict[str, str]:
+def _named_files(cfg: DictConfig) -> dict[str, str]:
     """``{config key: path}`` of every existing file named under one of :data:`FILE_KEYS`, at any depth."""
-    out = {}
-    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
-    for key, value in items:
-        name = f"{where}.{key}" if isinstance(key, str) and where else f"{where}[{key}]" if where else str(key)
-        if isinstance(value, dict | list):
-            out.update(_named_files(value, name))
-        elif key in FILE_KEYS and isinstance(value, str) and Path(value).is_file():
-            out[name] = value
-    return out
+    return {
+        name: value
+        for name, keys, value in config_leaves(cfg)
+        if keys[-1] in FILE_KEYS and isinstance(value, str) and Path(value).is_file()
+    }
 
 
 def _module_file(name: str) -> str | None:
@@ -57,7 +54,7 @@ def _module_file(name: str) -> str | None:
 
 def input_digests(cfg: DictConfig) -> dict[str, dict[str, str]]:
     """``{what: {"path": ..., "sha256": ...}}`` for the files ``cfg`` names and its ``imports:`` modules' sources."""
-    files = _named_files(OmegaConf.to_container(cfg))
+    files = _named_files(cfg)
     for module in cfg.get("imports") or []:
         source = _module_file(module)
         if source is not None:
