@@ -182,8 +182,9 @@ class EvaluationConfig:
     drop_baseline: str = "zero"  # Average Drop/Increase: zero (mean colour) | mean | blur | black
     drop_percents: list[int] = field(default_factory=lambda: [70, 80, 90])  # muted share of the pixels
     # order of equal saliency values in every rank-based family (deletion/insertion, ROAD, Drop/Increase, pointing,
-    # segmentation): raster (row by row) | shuffled (one fixed pseudo-random order, the same for every image)
-    ties: str = "raster"
+    # segmentation): shuffled (one fixed pseudo-random order, the same for every image) | raster (row by row: ranks
+    # a sparse map's zeros from the top rows down)
+    ties: str = "shuffled"
     segmentation_percents: list[int] = field(default_factory=lambda: list(range(70, 100)))  # binarising percentiles
     gallery: int = 16  # images shown side by side with every method's map (HDM paper Fig. 4)
     stability_noise: list[float] = field(default_factory=lambda: [1e-6, 1e-3])  # stability: reruns on x + eps*N(0,1)

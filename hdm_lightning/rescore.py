@@ -40,7 +40,7 @@ from hdm_lightning.evaluation import MetricSuite, family_params
 from hdm_lightning.io import atomic_write_json, atomic_write_text, load_tensors
 from hdm_lightning.metrics.family import curve_family, family_of
 from hdm_lightning.models import load_classifier
-from hdm_lightning.run.folder import output_names, read_records
+from hdm_lightning.run.folder import EARLIER_DEFAULTS, output_names, read_records
 from hdm_lightning.run.plan import MethodRun, build_runs
 from hdm_lightning.run.writer import write_manifest_all, write_reports
 from hdm_lightning.signals import Interrupted, stop_on_signals
@@ -92,8 +92,10 @@ def _changed_families(old: DictConfig, cfg: DictConfig, everything: bool) -> lis
     if everything:
         return new_families
     old_families = [f for f in old.evaluation.metrics if f in new_families]
-    try:  # the saved section over the schema: a config written before a key existed reads its default
-        saved = OmegaConf.merge(OmegaConf.structured(EvaluationConfig), old.evaluation)
+    try:  # the saved section over the schema: a config written before a key existed reads its default, except
+        # for a key whose default changed since (its earlier value is what the stored scores used)
+        earlier = {k.split(".", 1)[1]: v for k, v in EARLIER_DEFAULTS.items() if k.startswith("evaluation.")}
+        saved = OmegaConf.merge(OmegaConf.structured(EvaluationConfig), earlier, old.evaluation)
         old_params = family_params(old_families, saved)
     except ValueError:  # e.g. a plugin family no longer imported: compute them all again
         return new_families

@@ -7,8 +7,8 @@ Shared contract (every family built on :class:`SaliencyMetric`):
   (the explained class), ``mask`` BoolTensor ``[B, H, W]`` (ground-truth foreground; required by the families
   with ``requires_mask``, ignored by the others).
 - Pixel ranking, "top p %", binarising "at percentile q" and the canvases are the project decisions documented in
-  :mod:`hdm_lightning.metrics.perturbation`: descending saliency, ties by raster index, half-up rounding of the
-  pixel count, binarising at q = keeping the top ``(100 - q) %`` pixels by rank.
+  :mod:`hdm_lightning.metrics.perturbation`: descending saliency, ties in one fixed shuffled order, half-up
+  rounding of the pixel count, binarising at q = keeping the top ``(100 - q) %`` pixels by rank.
 - Scores use the softmax probability ``Y_c`` of the explained class. The classifier is a plain attribute (not a
   submodule: moving or syncing a metric never touches it), run in eval mode without gradients on the inputs'
   device, at most ``batch_size`` perturbed images per forward; ``forward_passes`` counts the samples it was fed

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from hdm_lightning.metrics.base import ModelMetric, mean_or_nan
 from hdm_lightning.metrics.family import register_metric
 from hdm_lightning.metrics.perturbation import (
+    DEFAULT_TIES,
     as_channel_tensor,
     check_inputs,
     check_ties,
@@ -50,9 +51,9 @@ class DeletionInsertion(ModelMetric):
         batch_size: most perturbed images per forward; all ``steps + 1`` copies of all images share the chunks.
         blur_kernel: odd kernel side of the blur; ``None`` = about a tenth of the shorter side.
         blur_sigma: Gaussian sigma in pixels; ``None`` = ``0.15 * kernel + 0.35``.
-        ties: the order of pixels with equal saliency: ``"raster"`` (default) or ``"shuffled"``
+        ties: the order of pixels with equal saliency: ``"shuffled"`` (default) or ``"raster"``
             (:func:`~hdm_lightning.metrics.perturbation.rank_order`); set with ``evaluation.ties`` (every
-            rank-based family) or ``evaluation.params.deletion_insertion: {ties: shuffled}``.
+            rank-based family) or ``evaluation.params.deletion_insertion: {ties: raster}``.
         **kwargs: passed to ``torchmetrics.Metric``.
 
     ``compute()`` keys: ``deletion``, ``insertion`` (mean AUC over images) and ``deletion_curve``,
@@ -87,7 +88,7 @@ class DeletionInsertion(ModelMetric):
         batch_size: int = 64,
         blur_kernel: int | None = None,
         blur_sigma: float | None = None,
-        ties: str = "raster",
+        ties: str = DEFAULT_TIES,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, batch_size, **kwargs)

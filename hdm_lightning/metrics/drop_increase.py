@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from hdm_lightning.metrics.base import ModelMetric, check_percents, mean_or_nan, percent_key
 from hdm_lightning.metrics.family import register_metric
 from hdm_lightning.metrics.perturbation import (
+    DEFAULT_TIES,
     as_channel_tensor,
     check_inputs,
     check_ties,
@@ -79,7 +80,7 @@ class AverageDropIncrease(ModelMetric):
         batch_size: int = 64,
         blur_kernel: int | None = None,
         blur_sigma: float | None = None,
-        ties: str = "raster",
+        ties: str = DEFAULT_TIES,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, batch_size, **kwargs)

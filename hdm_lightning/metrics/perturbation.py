@@ -5,9 +5,11 @@ functions, so the maths can be tested without a metric or a Trainer.
 
 Project decisions (the papers leave them open; docs/methods.md; every metric follows them):
 
-- **Pixel ranking.** Pixels are ordered by saliency, descending, ties broken by raster index (a stable sort
-  of ``-saliency``). A constant map therefore has a defined order (raster order) and two maps that differ by a
-  strictly increasing transform rank identically, so every rank-based score is equal for both.
+- **Pixel ranking.** Pixels are ordered by saliency, descending, ties broken in one fixed pseudo-random order of
+  the positions (``ties="shuffled"``, the default; ``"raster"``: by raster index). A constant map therefore has
+  a defined order and two maps that differ by a strictly increasing transform rank identically, so every
+  rank-based score is equal for both. Raster ties would rank a sparse map's zeros from the top rows down, which
+  scores the map by where its zeros happen to lie.
 - **Top p %.** The first ``round(p / 100 * H * W)`` pixels of that order, rounded half up in exact rational
   arithmetic (12.5 % of 4 pixels keeps 1 pixel, not Python's banker's 0).
 - **Binarising at percentile q** keeps the top ``(100 - q) %`` pixels by rank. Thresholding ``map >= value``
@@ -35,6 +37,8 @@ __all__ = [
     "TIES",
     "black_canvas",
     "blur_kernel_size",
+    "DEFAULT_TIES",
+    "EARLIER_TIES",
     "check_ties",
     "check_inputs",
     "class_probabilities",
@@ -53,6 +57,8 @@ __all__ = [
 BASELINES = ("zero", "mean", "blur", "black")
 TIES = ("raster", "shuffled")
 TIE_SEED = 0  # the one pixel order of ``ties="shuffled"``: the same for every image, run and batch
+DEFAULT_TIES = "shuffled"  # every rank-based family's default (``evaluation.ties``)
+EARLIER_TIES = "raster"  # the order of run folders whose config.yaml predates ``evaluation.ties``
 
 
 def check_ties(ties: Any, family: str) -> str:
@@ -66,17 +72,17 @@ def check_ties(ties: Any, family: str) -> str:
 
 
 def evaluation_ties(evaluation: Any) -> str:
-    """The run's ``evaluation.ties`` (``"raster"`` for a config section without it), for ``from_evaluation``."""
-    return getattr(evaluation, "ties", "raster")
+    """The run's ``evaluation.ties`` (:data:`DEFAULT_TIES` for a config section without it), for ``from_evaluation``."""
+    return getattr(evaluation, "ties", DEFAULT_TIES)
 
 
-def rank_order(saliency: Tensor, ties: str = "raster") -> Tensor:
+def rank_order(saliency: Tensor, ties: str = DEFAULT_TIES) -> Tensor:
     """Pixel indices (raster, ``y * W + x``) from most to least salient.
 
     Args:
         saliency: ``[B, 1, H, W]`` maps, any real range.
-        ties: how equal values are ordered: ``"raster"`` (row by row from the top left; the default) or
-            ``"shuffled"`` (one fixed pseudo-random order of the ``H * W`` positions, drawn from :data:`TIE_SEED`,
+        ties: how equal values are ordered: ``"raster"`` (row by row from the top left) or ``"shuffled"``
+            (the default: one fixed pseudo-random order of the ``H * W`` positions, drawn from :data:`TIE_SEED`,
             the same for every image, so a map's ranks never depend on its batch). A sparse map's zeros are one
             large tie: on the synthetic shapes DM's maps are 74 % zeros and their deletion AUC is 0.286 with
             raster ties and 0.187 shuffled (docs/results.md, "Amortised masks").
@@ -94,7 +100,7 @@ def rank_order(saliency: Tensor, ties: str = "raster") -> Tensor:
     return perm[torch.sort(flat[:, perm], dim=1, descending=True, stable=True).indices]
 
 
-def rank_positions(saliency: Tensor, ties: str = "raster") -> Tensor:
+def rank_positions(saliency: Tensor, ties: str = DEFAULT_TIES) -> Tensor:
     """Rank of every pixel (0 = most salient), the inverse permutation of :func:`rank_order`: ``[B, H * W]``."""
     order = rank_order(saliency, ties)
     positions = torch.empty_like(order)
@@ -122,7 +128,7 @@ def step_counts(steps: int, n_pixels: int) -> list[int]:
     return [(2 * k * n_pixels + steps) // (2 * steps) for k in range(steps + 1)]
 
 
-def top_mask(saliency: Tensor, percent: float, ties: str = "raster") -> Tensor:
+def top_mask(saliency: Tensor, percent: float, ties: str = DEFAULT_TIES) -> Tensor:
     """Keep the top ``percent`` % of pixels by rank (``ties`` as in :func:`rank_order`): bool ``[B, 1, H, W]``."""
     n = keep_count(percent, saliency.shape[-2] * saliency.shape[-1])
     return (rank_positions(saliency, ties) < n).view(saliency.shape)

@@ -5,8 +5,8 @@ arXiv 1608.00507) score a map by one point, its maximum: a hit when the point fa
 of 15 pixels; Fong, Patrick, Vedaldi, "Understanding Deep Networks via Extremal Perturbations and Smooth Masks"
 (ICCV 2019, arXiv 1910.08485) benchmark with TorchRay's implementation of that protocol. Here:
 
-1. The point is the map's maximum, ties to the first pixel in raster order (the project's tie convention,
-   :mod:`hdm_lightning.metrics.perturbation`: the first pixel of :func:`rank_order`).
+1. The point is the map's maximum, ties to the first pixel of the fixed shuffled order (the project's tie
+   convention, :mod:`hdm_lightning.metrics.perturbation`: the first pixel of :func:`rank_order`).
 2. A hit is a Euclidean distance from the point to the nearest foreground pixel (pixel centres) ``<= tolerance``,
    computed exactly as the smallest squared distance over the foreground (tolerance 0: the point itself is
    foreground). TorchRay accepts ``< tolerance`` (a distance of exactly 15 pixels, e.g. offsets (9, 12), misses
@@ -28,15 +28,15 @@ from torch import Tensor
 
 from hdm_lightning.metrics.base import SaliencyMetric, mean_or_nan
 from hdm_lightning.metrics.family import register_metric
-from hdm_lightning.metrics.perturbation import check_inputs, check_ties, evaluation_ties, rank_order
+from hdm_lightning.metrics.perturbation import DEFAULT_TIES, check_inputs, check_ties, evaluation_ties, rank_order
 
 __all__ = ["PointingGame", "max_points", "pointing_hits"]
 
 SETTINGS = "evaluation.params.pointing_game"
 
 
-def max_points(saliency: Tensor, ties: str = "raster") -> Tensor:
-    """The map's maximum per image, ties to the first pixel in raster order (or in the fixed shuffled order).
+def max_points(saliency: Tensor, ties: str = DEFAULT_TIES) -> Tensor:
+    """The map's maximum per image, ties to the first pixel in the fixed shuffled order (or in raster order).
 
     Args:
         saliency: ``[B, 1, H, W]`` maps, any real range.
@@ -99,8 +99,8 @@ class PointingGame(SaliencyMetric):
     Args:
         tolerance: the largest distance in pixels from the point to the object that is a hit (TorchRay: 15).
         difficult_area: an image is difficult when its foreground covers less than this share of the image.
-        ties: which of several equal maxima is the point: the first in ``"raster"`` order or in the fixed
-            ``"shuffled"`` order.
+        ties: which of several equal maxima is the point: the first in the fixed ``"shuffled"`` order (the
+            default) or in ``"raster"`` order.
         **kwargs: passed to ``torchmetrics.Metric``.
     """
 
@@ -115,7 +115,7 @@ class PointingGame(SaliencyMetric):
         return {"ties": evaluation_ties(evaluation)}
 
     def __init__(
-        self, tolerance: float = 15, difficult_area: float = 0.25, ties: str = "raster", **kwargs: Any
+        self, tolerance: float = 15, difficult_area: float = 0.25, ties: str = DEFAULT_TIES, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
         self.ties = check_ties(ties, "pointing_game")

@@ -7,10 +7,10 @@ least relevant ones (LeRF), fill them by *noisy linear imputation* and read the 
 ``Y_c`` of the explained class. The paper's summary of a curve is its mean over the percents (its "AUC"); lower
 is better for MoRF (removing what the map calls important should hurt), higher for LeRF.
 
-Pixel order (project convention, :mod:`hdm_lightning.metrics.perturbation`): descending saliency, ties by raster
-index, ``n = round(p / 100 * H * W)`` rounded half up. MoRF removes the ``n`` pixels of rank ``< n``, LeRF the
-``n`` pixels of rank ``>= H * W - n``. The paper's code instead truncates ``int(H * W * p)`` and breaks ties
-by adding ``1e-4`` Gaussian noise to the rescaled map.
+Pixel order (project convention, :mod:`hdm_lightning.metrics.perturbation`): descending saliency, ties in the
+fixed shuffled order, ``n = round(p / 100 * H * W)`` rounded half up. MoRF removes the ``n`` pixels of rank
+``< n``, LeRF the ``n`` pixels of rank ``>= H * W - n``. The paper's code instead truncates ``int(H * W * p)``
+and breaks ties by adding ``1e-4`` Gaussian noise to the rescaled map.
 
 Imputation (the paper's §4; :func:`linear_imputation`): every removed pixel becomes the weighted mean of its 8
 in-image neighbours, weight 1/6 for the 4 direct and 1/12 for the 4 diagonal ones (:data:`NEIGHBOUR_WEIGHTS`),
@@ -54,6 +54,7 @@ from torch import Tensor, nn
 from hdm_lightning.metrics.base import ModelMetric, check_percents, mean_or_nan, percent_key
 from hdm_lightning.metrics.family import register_metric
 from hdm_lightning.metrics.perturbation import (
+    DEFAULT_TIES,
     as_channel_tensor,
     check_inputs,
     check_ties,
@@ -242,7 +243,7 @@ class ROAD(ModelMetric):
         mean: Sequence[float] | Tensor | None = None,
         std: Sequence[float] | Tensor | None = None,
         batch_size: int = 64,
-        ties: str = "raster",
+        ties: str = DEFAULT_TIES,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, batch_size, **kwargs)

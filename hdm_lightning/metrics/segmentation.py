@@ -10,7 +10,14 @@ from torch import Tensor
 
 from hdm_lightning.metrics.base import SaliencyMetric, check_percents, mean_or_nan, percent_key
 from hdm_lightning.metrics.family import register_metric
-from hdm_lightning.metrics.perturbation import check_inputs, check_ties, evaluation_ties, keep_count, rank_order
+from hdm_lightning.metrics.perturbation import (
+    DEFAULT_TIES,
+    check_inputs,
+    check_ties,
+    evaluation_ties,
+    keep_count,
+    rank_order,
+)
 
 __all__ = ["SegmentationScores"]
 
@@ -51,7 +58,7 @@ class SegmentationScores(SaliencyMetric):
         """``evaluation.segmentation_percents`` and ``evaluation.ties``."""
         return {"percents": tuple(evaluation.segmentation_percents), "ties": evaluation_ties(evaluation)}
 
-    def __init__(self, percents: Iterable[float] = range(70, 100), ties: str = "raster", **kwargs: Any) -> None:
+    def __init__(self, percents: Iterable[float] = range(70, 100), ties: str = DEFAULT_TIES, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.ties = check_ties(ties, "segmentation")
         self.percents = check_percents(percents, "percents")

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hdm_lightning.config import ConfigError
 from hdm_lightning.data import IMAGE_EXTENSIONS
+from hdm_lightning.metrics.perturbation import DEFAULT_TIES, EARLIER_TIES
 from hdm_lightning.run.inputs import check_inputs
 
 __all__ = ["NON_RESULT_KEYS", "check_output_dir", "check_run_folder", "output_names", "read_records", "safe_name"]
@@ -112,6 +113,11 @@ def _schema_defaults(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(schema))
 
 
+# Settings whose default changed: a saved config without the key was made with the earlier value, so resuming it
+# under the new default would mix two kinds of result in one folder.
+EARLIER_DEFAULTS = {"evaluation.ties": EARLIER_TIES}
+
+
 def check_output_dir(folder: Path, key: str = "output.dir") -> None:
     """``folder`` is, or can become, a folder this process writes to: not a file, not under one, writable.
 
@@ -172,6 +178,7 @@ def check_run_folder(
         )
     old = _result_keys(OmegaConf.to_container(OmegaConf.load(saved)), ignore)
     new = _result_keys(OmegaConf.to_container(cfg), ignore)
+    old.update({k: v for k, v in EARLIER_DEFAULTS.items() if k not in old and k in new})
     if _more_methods(old.get("methods"), new.get("methods")):
         old["methods"] = new["methods"]  # a comparison may grow: only the new methods are computed
     flat_defaults = _flat(_schema_defaults(cfg) if defaults is None else defaults)
@@ -180,10 +187,16 @@ def check_run_folder(
     if diff:
         shown = "; ".join(f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in diff[:6])
         more = f" (and {len(diff) - 6} more)" if len(diff) > 6 else ""
+        ties = (
+            f" The default evaluation.ties is now {DEFAULT_TIES!r}: pass evaluation.ties={EARLIER_TIES} to resume this"
+            " run as it was scored, or re-score its maps with python -m hdm_lightning.rescore."
+            if (old.get("evaluation.ties"), new.get("evaluation.ties")) == (EARLIER_TIES, DEFAULT_TIES)
+            else ""
+        )
         raise ConfigError(
             f"output folder {str(folder)!r} holds a run made with a different config ({shown}{more}). "
             "Choose another output.dir, or pass output.resume=false to move the old run into "
-            f"{folder}/previous-<time>/ and start over"
+            f"{folder}/previous-<time>/ and start over.{ties}"
         )
     check_inputs(folder, cfg)
 

@@ -55,8 +55,8 @@ def test_ties_go_to_the_first_pixel_in_raster_order():
     maps[1, 0, 20, 2] = maps[1, 0, 5, 30] = 2.0  # (5, 30) comes first in raster order
     maps[2] = -0.0  # a constant map (negative zero included): the first pixel
     maps[2, 0, 0, 1] = 0.0
-    assert max_points(maps).tolist() == [[0, 0], [5, 30], [0, 0]]
-    metric = PointingGame(tolerance=0)
+    assert max_points(maps, "raster").tolist() == [[0, 0], [5, 30], [0, 0]]
+    metric = PointingGame(tolerance=0, ties="raster")
     on_first = score(metric, maps[1:2], boxes([(5, 6, 30, 31)], 32))["pointing/all"]
     on_second = score(metric, maps[1:2], boxes([(20, 21, 2, 3)], 32))["pointing/all"]
     assert on_first.tolist() == [1.0] and on_second.tolist() == [0.0]

@@ -67,8 +67,8 @@ S = torch.tensor([0.1, 0.9, 0.5, 0.3], dtype=torch.float64).view(1, 1, 2, 2)
 
 def test_ranking_ties_by_raster_index_and_half_up_counts():
     s = torch.tensor([[0.0, 2.0, 2.0, -0.0, 1.0, 2.0]]).view(1, 1, 2, 3)
-    assert rank_order(s).tolist() == [[1, 2, 5, 4, 0, 3]]  # descending, ties (and -0.0 == 0.0) in raster order
-    assert rank_order(torch.zeros(1, 1, 2, 2)).tolist() == [[0, 1, 2, 3]]
+    assert rank_order(s, "raster").tolist() == [[1, 2, 5, 4, 0, 3]]  # descending, ties (and -0.0 == 0.0) in raster
+    assert rank_order(torch.zeros(1, 1, 2, 2), "raster").tolist() == [[0, 1, 2, 3]]
     assert keep_count(30, 224 * 224) == 15053  # 15052.8
     assert keep_count(12.5, 4) == 1 and keep_count(37.5, 4) == 2  # half up, not banker's rounding
     assert keep_count(25, 4) == 1 and keep_count(0, 4) == 0 and keep_count(100, 4) == 4
@@ -87,7 +87,8 @@ def test_shuffled_ties_reorder_only_equal_values_the_same_way_for_every_image():
     assert shuffled[0].tolist() == shuffled[1].tolist() != list(range(256))  # one fixed order, not raster
     assert rank_order(flat[:1], "shuffled").tolist() == shuffled[:1].tolist()  # independent of the batch
     tie_free = torch.randperm(256).float().view(1, 1, 16, 16)
-    assert rank_order(tie_free, "shuffled").tolist() == rank_order(tie_free).tolist()
+    assert rank_order(tie_free, "shuffled").tolist() == rank_order(tie_free, "raster").tolist()
+    assert rank_order(flat).tolist() == shuffled.tolist()  # the default order
     with pytest.raises(ValueError, match="ties must be one of"):
         rank_order(s, "random")
 
@@ -230,7 +231,9 @@ def test_deletion_insertion_analytic_100_steps_and_ranking():
     good[..., :5, :] = 1.0
     results = {}
     for name, saliency in {"good": good, "reversed": 1.0 - good, "constant": torch.zeros_like(good)}.items():
-        metric = DeletionInsertion(TopHalfNet(), steps=100, insertion_canvas="zero", mean=[0.0], std=[1.0])
+        metric = DeletionInsertion(
+            TopHalfNet(), steps=100, insertion_canvas="zero", mean=[0.0], std=[1.0], ties="raster"
+        )
         metric.update(images, saliency, torch.tensor([0]))
         results[name] = metric.compute()
     g, r = results["good"], results["reversed"]

@@ -57,19 +57,20 @@ def test_every_ranked_family_scores_a_sparse_map_by_the_tie_order_and_a_tie_free
 def test_pointing_takes_the_first_maximum_in_the_tie_order():
     flat = torch.zeros(1, 1, SIZE, SIZE)
     first = int(rank_order(flat, "shuffled")[0, 0])
-    assert max_points(flat).tolist() == [[0, 0]]  # raster: the top-left pixel
-    assert max_points(flat, "shuffled").tolist() == [[first // SIZE, first % SIZE]] != [[0, 0]]
+    assert max_points(flat, "raster").tolist() == [[0, 0]]  # raster: the top-left pixel
+    assert max_points(flat).tolist() == [[first // SIZE, first % SIZE]] != [[0, 0]]  # shuffled, the default
     peak = torch.rand(1, 1, SIZE, SIZE)
-    assert max_points(peak).tolist() == max_points(peak, "shuffled").tolist()
+    assert max_points(peak, "raster").tolist() == max_points(peak, "shuffled").tolist()
 
 
 def test_evaluation_ties_reaches_every_ranked_family_and_a_familys_own_setting_wins():
-    evaluation = OmegaConf.structured(EvaluationConfig(ties="shuffled", params={"road": {"ties": "raster"}}))
+    evaluation = OmegaConf.structured(EvaluationConfig(ties="raster", params={"road": {"ties": "shuffled"}}))
     params = family_params(METRICS.names(), evaluation)
     for family in RANKED:
-        assert params[family]["ties"] == ("raster" if family == "road" else "shuffled"), family
+        assert params[family]["ties"] == ("shuffled" if family == "road" else "raster"), family
     assert all("ties" not in params[f] for f in METRICS.names() if f not in RANKED)
-    assert EvaluationConfig().ties == "raster"  # the documented tables were scored in raster order
+    defaults = family_params(METRICS.names(), OmegaConf.structured(EvaluationConfig()))
+    assert EvaluationConfig().ties == "shuffled" and all(defaults[f]["ties"] == "shuffled" for f in RANKED)
 
 
 def test_a_bad_tie_order_is_refused_where_the_config_is_read_and_by_every_family():

@@ -32,3 +32,16 @@ def test_a_run_saved_before_a_method_setting_existed_resumes_while_it_keeps_its_
         check_run_folder(tmp_path, cfg, defaults=run_defaults(cfg.method))
     with pytest.raises(ConfigError, match=r"explainer.init: '<unset>' -> 'tau'"):  # no defaults: no guessing
         check_run_folder(tmp_path, load_run_config(None)[0], defaults={})
+
+
+def test_a_run_scored_before_shuffled_ties_were_the_default_is_not_resumed_under_them(tmp_path):
+    # a config.yaml without evaluation.ties was scored in raster order: resuming under the new default would mix
+    # two tie orders in one folder's tables
+    cfg = OmegaConf.structured(ExplainRunConfig)
+    saved = OmegaConf.to_container(cfg)
+    del saved["evaluation"]["ties"]
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(saved)))
+    with pytest.raises(ConfigError, match=r"evaluation.ties: 'raster' -> 'shuffled'.*pass evaluation.ties=raster"):
+        check_run_folder(tmp_path, cfg)
+    cfg.evaluation.ties = "raster"
+    check_run_folder(tmp_path, cfg)

@@ -77,6 +77,20 @@ def test_rescore_with_new_settings_writes_new_tables_and_keeps_the_maps(run, tmp
     assert "0 images explained, 3 skipped" in capsys.readouterr().out
 
 
+def test_a_run_scored_in_raster_order_is_rescored_in_the_shuffled_order(tmp_path, capsys):
+    copy = tmp_path / "out"
+    assert explain_main(base(copy)) == 0
+    saved = (copy / "config.yaml").read_text()
+    assert "  ties: shuffled\n" in saved
+    (copy / "config.yaml").write_text(saved.replace("  ties: shuffled\n", ""))  # made before evaluation.ties
+    assert explain_main(base(copy)) == 2  # not resumed under another tie order
+    assert "pass evaluation.ties=raster" in capsys.readouterr().err
+    assert rescore_main([str(copy)]) == 0  # both rank families scored again, in the new default order
+    assert "with drop_increase, deletion_insertion;" in capsys.readouterr().out
+    assert "  ties: shuffled\n" in (copy / "config.yaml").read_text()
+    assert explain_main(base(copy)) == 0
+
+
 def test_a_deleted_map_is_named_with_the_way_to_get_it_back(run, tmp_path, capsys):
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
