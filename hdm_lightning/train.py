@@ -16,13 +16,10 @@ Both checkpoint files load in ``explain.py`` with ``classifier.checkpoint=<path>
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -37,8 +34,11 @@ from hdm_lightning.models import (
     torchvision_weights_preprocess,
 )
 from hdm_lightning.models.lightning_classifier import ClassifierModule, initial_backbone
+from hdm_lightning.models.prototype import PROTOTYPE_HEAD
 from hdm_lightning.run.folder import check_run_folder
 from hdm_lightning.run.inputs import write_inputs
+from hdm_lightning.train_prototype import run_prototype_training
+from hdm_lightning.training_run import TrainSummary, build_trainer
 
 __all__ = ["TrainSummary", "build_trainer", "run_training"]
 
@@ -57,32 +57,6 @@ NON_RESULT_KEYS = (
 )
 
 
-@dataclass
-class TrainSummary:
-    """What a training run produced."""
-
-    folder: Path
-    best_checkpoint: Path
-    exported: Path
-    best_val_acc1: float
-    epochs: int
-    num_classes: int
-
-    def line(self) -> str:
-        """The final summary line."""
-        return (
-            f"best val/acc1 {self.best_val_acc1:.4f} after {self.epochs} epochs ({self.num_classes} classes); "
-            f"explain it with classifier.checkpoint={self.exported}"
-        )
-
-
-def _precision(cfg: DictConfig, accelerator: str) -> str:
-    if cfg.trainer.precision != "auto":
-        return cfg.trainer.precision
-    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return "16-mixed" if gpu else "32-true"
-
-
 def run_training(cfg: DictConfig) -> TrainSummary:
     """Train the classifier that ``cfg`` describes (see the module docstring for the outputs).
 
@@ -99,6 +73,8 @@ def run_training(cfg: DictConfig) -> TrainSummary:
         check_run_folder(folder, cfg, NON_RESULT_KEYS)
     L.seed_everything(int(cfg.seed), verbose=False)
     data = _datamodule(cfg)
+    if cfg.model.head == PROTOTYPE_HEAD:
+        return run_prototype_training(cfg, folder, data, main)
     resume = last if cfg.output.resume and last.is_file() else None
     module, source = _module(cfg, data, resume)
     if main:
@@ -181,53 +157,3 @@ def _module(cfg: DictConfig, data: ClassifierDataModule, resume: Path | None) ->
         model=model,
     )
     return module, source
-
-
-def build_trainer(
-    cfg: DictConfig, folder: Path, monitor: str = "val/acc1", mode: str = "max"
-) -> tuple[L.Trainer, ModelCheckpoint, WandbLogger | bool]:
-    """The Trainer with the best (by ``monitor``)/last checkpoints, optional early stopping and the W&B logger.
-
-    Shared by ``train_classifier.py`` (best ``val/acc1``) and ``train_explainer.py`` (lowest ``val/loss``).
-    """
-    best = ModelCheckpoint(
-        dirpath=folder / "checkpoints",
-        filename="best",
-        monitor=monitor,
-        mode=mode,
-        save_top_k=1,
-        save_last=True,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
-    )
-    callbacks: list[L.Callback] = [best]
-    if cfg.trainer.early_stopping_patience is not None:
-        callbacks.append(EarlyStopping(monitor, mode=mode, patience=int(cfg.trainer.early_stopping_patience)))
-    logger = False
-    if cfg.wandb.mode != "disabled":
-        logger = WandbLogger(
-            project=cfg.wandb.project,
-            name=cfg.wandb.name,
-            save_dir=str(cfg.wandb.dir or folder),
-            offline=cfg.wandb.mode == "offline",
-            tags=list(cfg.wandb.tags) or None,
-        )
-        logger.log_hyperparams(OmegaConf.to_container(cfg))
-        callbacks.append(LearningRateMonitor("epoch"))
-    accelerator = cfg.trainer.accelerator
-    trainer = L.Trainer(
-        accelerator=accelerator,
-        devices=int(cfg.trainer.devices),
-        num_nodes=int(cfg.trainer.num_nodes),
-        precision=_precision(cfg, accelerator),
-        max_epochs=int(cfg.trainer.max_epochs),
-        limit_train_batches=cfg.trainer.limit_train_batches,
-        limit_val_batches=cfg.trainer.limit_val_batches,
-        log_every_n_steps=int(cfg.trainer.log_every_n_steps),
-        logger=logger,
-        callbacks=callbacks,
-        default_root_dir=str(folder),
-        enable_progress_bar=True,
-        num_sanity_val_steps=0,
-    )
-    return trainer, best, logger

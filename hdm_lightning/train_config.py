@@ -19,7 +19,15 @@ from hdm_lightning.config import (
     run_imports,
 )
 
-__all__ = ["InitConfig", "OptimConfig", "TrainClassifierConfig", "TrainerRunConfig", "load_train_config"]
+__all__ = [
+    "InitConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PrototypeConfig",
+    "TrainClassifierConfig",
+    "TrainerRunConfig",
+    "load_train_config",
+]
 
 
 @dataclass
@@ -43,6 +51,31 @@ class OptimConfig:
 
 
 @dataclass
+class PrototypeConfig:
+    """ProtoPNet's phases and loss weights (``model.head: prototype``; arXiv 1806.10574, §2.2)."""
+
+    warm_epochs: int = 5  # add-on layers and prototypes only, the backbone frozen (before the joint epochs)
+    last_layer_epochs: int = 20  # the last layer alone, after the push
+    cluster: float = 0.8  # weight of the cluster cost (pull each image's patch to a prototype of its class)
+    separation: float = 0.08  # weight of the separation cost (push patches away from other classes' prototypes)
+    l1: float = 1e-4  # last-layer phase: L1 weight on the connections from a prototype to the other classes
+    lr_features: float = 1e-4  # joint phase: the backbone's learning rate (Adam)
+    lr_add_on: float = 3e-3  # warm-up and joint: the add-on layers'
+    lr_prototypes: float = 3e-3  # warm-up and joint: the prototypes'
+    lr_last_layer: float = 1e-4  # last-layer phase
+
+
+@dataclass
+class ModelConfig:
+    """The classification head on the backbone."""
+
+    head: str = "linear"  # linear (the backbone's own classifier) | prototype (ProtoPNet: prototypes, push, ...)
+    prototypes_per_class: int = 10  # head prototype: prototypes of each class
+    prototype_shape: list[int] = field(default_factory=lambda: [128, 1, 1])  # head prototype: [channels, 1, 1]
+    prototype: PrototypeConfig = field(default_factory=PrototypeConfig)
+
+
+@dataclass
 class TrainerRunConfig:
     """The Lightning Trainer of a training run."""
 
@@ -63,6 +96,7 @@ class TrainClassifierConfig:
 
     imports: list[str] = field(default_factory=list)  # modules imported first (user backbones); runs their code
     backbone: str = "resnet50"  # torchvision name, timm/<name>, or small_cnn
+    model: ModelConfig = field(default_factory=ModelConfig)
     init: InitConfig = field(default_factory=InitConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)  # overrides of the backbone's own
     augment: str = "standard"  # standard (random resized crop + flip) | flip | none
@@ -82,6 +116,7 @@ class TrainClassifierConfig:
 
 INIT_KINDS = ("imagenet", "file", "random")
 AUGMENTS = ("standard", "flip", "none")
+HEADS = ("linear", "prototype")
 OPTIMIZERS = ("sgd", "adamw")
 
 
@@ -96,6 +131,8 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
     _choice(cfg.init.kind, INIT_KINDS, "init.kind")
     _choice(cfg.augment, AUGMENTS, "augment")
     _choice(cfg.optim.name, OPTIMIZERS, "optim.name")
+    _choice(cfg.model.head, HEADS, "model.head")
+    _check_prototype(cfg.model)
     _choice(cfg.wandb.mode, WANDB_MODES, "wandb.mode")
     if cfg.init.kind == "file" and not cfg.init.file:
         raise ConfigError("init.kind=file needs init.file=<state dict saved with torch.save(model.state_dict())>")
@@ -108,3 +145,24 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr!r}")
     return cfg
+
+
+def _check_prototype(model: DictConfig) -> None:
+    """The prototype head's settings, named in the message (checked whatever the head, so a typo waits for no one)."""
+    shape = list(model.prototype_shape)
+    if len(shape) != 3 or shape[0] < 1 or shape[1:] != [1, 1]:
+        raise ConfigError(f"model.prototype_shape must be [channels, 1, 1] (1x1 prototypes, as ProtoPNet), got {shape}")
+    if model.prototypes_per_class < 1:
+        raise ConfigError(f"model.prototypes_per_class must be >= 1, got {model.prototypes_per_class}")
+    p = model.prototype
+    if p.warm_epochs < 0 or p.last_layer_epochs < 0:
+        raise ConfigError(
+            "model.prototype.warm_epochs and last_layer_epochs must be >= 0, got "
+            f"{p.warm_epochs}, {p.last_layer_epochs}"
+        )
+    for key in ("cluster", "separation", "l1"):
+        if p[key] < 0:
+            raise ConfigError(f"model.prototype.{key} must be >= 0, got {p[key]!r}")
+    for key in ("lr_features", "lr_add_on", "lr_prototypes", "lr_last_layer"):
+        if p[key] <= 0:
+            raise ConfigError(f"model.prototype.{key} must be > 0, got {p[key]!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,9 +12,12 @@ import pytest
 import torch
 
 from hdm_lightning.cli import explain_main, train_classifier_main
+from hdm_lightning.data import build_dataset
 from hdm_lightning.models import build_backbone, load_classifier_checkpoint
 from hdm_lightning.models.lightning_classifier import initial_backbone, transfer_weights
-from hdm_lightning.train_config import InitConfig
+from hdm_lightning.models.prototype import PrototypeNet
+from hdm_lightning.models.small_cnn import small_cnn_preprocess
+from hdm_lightning.train_config import InitConfig, load_train_config
 from tests.fixtures import make_cub_tree, make_folder_tree
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,16 +157,54 @@ def test_pretrained_weights_keep_everything_but_the_head(tmp_path):
         transfer_weights(build_backbone("resnet34", 7), source.state_dict(), "resnet18 weights")
 
 
-@pytest.mark.slow
-def test_synthetic_classifier_reaches_90_percent(tmp_path, capsys):
-    """configs/classifier/synthetic.yaml: the small CNN learns the shapes on 2 CPU cores in about a minute."""
-    out = tmp_path / "synthetic"
+@pytest.fixture(scope="module")
+def synthetic_classifier(tmp_path_factory) -> Path:
+    """configs/classifier/synthetic.yaml trained (its classifier.pt)."""
+    out = tmp_path_factory.mktemp("synthetic") / "linear"
     args = ["--config", "configs/classifier/synthetic.yaml", f"output.dir={out}", "wandb.mode=disabled"]
+    assert train_classifier_main(args) == 0
+    return out / "classifier.pt"
+
+
+@pytest.mark.slow
+def test_synthetic_classifier_reaches_90_percent(synthetic_classifier):
+    """configs/classifier/synthetic.yaml: the small CNN learns the shapes on 2 CPU cores in about a minute."""
+    saved = torch.load(synthetic_classifier, weights_only=True)
+    assert saved["extra"]["val_acc1"] >= 0.90, saved["extra"]
+    clf = load_classifier_checkpoint(synthetic_classifier)
+    assert clf.class_names == ["circle", "square", "triangle", "cross"] and clf.preprocess.size == 64
+
+
+@pytest.mark.slow
+def test_a_prototype_network_learns_the_shapes_and_its_prototypes_are_training_patches(synthetic_classifier, tmp_path):
+    """configs/classifier/synthetic_prototype.yaml: ProtoPNet's phases on the small CNN; after the push every
+    prototype is a patch of a training image of its class, in the exported network too."""
+    out = tmp_path / "proto"
+    args = ["--config", "configs/classifier/synthetic_prototype.yaml", f"init.file={synthetic_classifier}"]
+    args += [f"output.dir={out}", "wandb.mode=disabled"]
     assert train_classifier_main(args) == 0
     saved = torch.load(out / "classifier.pt", weights_only=True)
     assert saved["extra"]["val_acc1"] >= 0.90, saved["extra"]
-    clf = load_classifier_checkpoint(out / "classifier.pt")
-    assert clf.class_names == ["circle", "square", "triangle", "cross"] and clf.preprocess.size == 64
+    net = load_classifier_checkpoint(out / "classifier.pt").model
+    assert isinstance(net, PrototypeNet) and net.num_prototypes == 40
+    push = json.loads((out / "push.json").read_text())
+    data = load_train_config(REPO / "configs/classifier/synthetic_prototype.yaml").data
+    data.split = "train"
+    train_set = build_dataset(data, small_cnn_preprocess())
+    index = {item_id: i for i, item_id in enumerate(train_set.ids)}
+    for entry in push["prototypes"]:
+        item = train_set[index[entry["image"]]]
+        assert item.label == entry["class"] == entry["prototype"] // 10
+        row, col = entry["position"]
+        with torch.no_grad():
+            patch = net.feature_map(item.image[None])[0, :, row, col]
+        assert torch.allclose(net.prototypes[entry["prototype"]], patch, atol=1e-5)
+    phases = sorted(p.name for p in (out / "checkpoints" / "phases").iterdir())
+    assert phases == ["joint.pt", "last_layer.pt", "push.pt", "warm.pt"]
+    assert train_classifier_main(args) == 0  # every phase finished: nothing is trained again
+    again = torch.load(out / "classifier.pt", weights_only=True)["state_dict"]
+    assert again.keys() == saved["state_dict"].keys()
+    assert all(torch.equal(v, saved["state_dict"][k]) for k, v in again.items())
 
 
 @pytest.mark.slow

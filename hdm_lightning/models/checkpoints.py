@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from hdm_lightning.models.backbones import build_backbone
 from hdm_lightning.models.classifier import Classifier
 from hdm_lightning.models.preprocess import Preprocess
+from hdm_lightning.models.prototype import PROTOTYPE_HEAD, build_prototype_net
 from hdm_lightning.models.safe_load import load_state_strict, safe_torch_load
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "load_classifier_checkpoint", "save_classifier_checkpoint"]
@@ -57,6 +58,7 @@ def save_classifier_checkpoint(
     class_names: list[str] | None,
     preprocess: Preprocess,
     extra: dict | None = None,
+    head: dict | None = None,
 ) -> Path:
     """Write the classifier checkpoint of ``train_classifier.py``, which :func:`load_classifier_checkpoint` reads.
 
@@ -73,6 +75,8 @@ def save_classifier_checkpoint(
         class_names: one name per logit, or ``None``.
         preprocess: the evaluation preprocessing it was trained for.
         extra: plain data to keep alongside (metrics, epochs, the resolved config as a dict).
+        head: a head other than the backbone's own, as plain data: ``{"kind": "prototype", "prototypes_per_class",
+            "prototype_shape"}`` for a :class:`~hdm_lightning.models.prototype.PrototypeNet`.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -88,6 +92,7 @@ def save_classifier_checkpoint(
             raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}: give one name per class")
     extra = dict(extra or {})
     _check_plain(extra, "extra")
+    _check_plain(head, "head")
     model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper prefixes every key with '_orig_mod.'
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -99,6 +104,8 @@ def save_classifier_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": extra,
     }
+    if head is not None:
+        payload["head"] = dict(head)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -164,6 +171,15 @@ def _read_fields(obj: Any, path: Path) -> tuple[dict[str, Any], str]:
     )
 
 
+def _build(backbone: str, num_classes: int, head: Any) -> nn.Module:
+    """The network of a checkpoint: the backbone, or a prototype network on its trunk (``head.kind: prototype``)."""
+    if head is None:
+        return build_backbone(backbone, num_classes)
+    if not isinstance(head, Mapping) or head.get("kind") != PROTOTYPE_HEAD:
+        raise ValueError(f"unknown head {head!r} (this install knows {{'kind': {PROTOTYPE_HEAD!r}}})")
+    return build_prototype_net(backbone, num_classes, head)
+
+
 def load_classifier_checkpoint(path: str | os.PathLike) -> Classifier:
     """Rebuild a classifier from a checkpoint written by :func:`save_classifier_checkpoint` / ``train_classifier.py``.
 
@@ -204,7 +220,7 @@ def load_classifier_checkpoint(path: str | os.PathLike) -> Classifier:
     except (TypeError, ValueError) as e:
         raise ValueError(f"classifier checkpoint {str(path)!r} has bad preprocessing: {e}") from None
     try:
-        model = build_backbone(backbone, num_classes)
+        model = _build(backbone, num_classes, fields.get("head"))
     except ValueError as e:
         raise ValueError(
             f"classifier checkpoint {str(path)!r} names a backbone this install cannot build: {e}"
