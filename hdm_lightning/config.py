@@ -35,6 +35,7 @@ from hdm_lightning.method_config import (
     register_method_config,
 )
 from hdm_lightning.metrics.perturbation import TIES
+from hdm_lightning.targets import parse_target
 
 __all__ = [
     "METHOD_CONFIGS",
@@ -222,7 +223,7 @@ class ExplainRunConfig:
     method: str = "hdm"  # a registered explainer: hdm | dm | mdm
     preset: str | None = None  # method settings YAML (configs/methods/), relative to this config file
     explainer: dict[str, Any] = field(default_factory=dict)  # overrides of the method settings
-    target: str = "predicted"  # explain the predicted class, or the dataset's 'label'
+    target: Any = "predicted"  # predicted | label | {prototype: <index>} | {prototype: first_of_class} (ProtoPNet)
     batch_size: int = 4  # images explained together (each becomes n_vectors rows of one batch)
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:1 (cuda:<i> only with one process)
     trainer: ProcessesConfig = field(default_factory=ProcessesConfig)  # several processes (DDP, torchrun, SLURM)
@@ -239,7 +240,6 @@ class ConfigError(ValueError):
     """A config file, key, value or override that cannot be used; the message names it and the fix."""
 
 
-TARGETS = ("predicted", "label")
 WANDB_MODES = ("offline", "online", "disabled")
 
 
@@ -302,7 +302,7 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
     run_imports(list(cfg.imports))  # before the method/schedule names are looked up
     if cfg.method not in METHOD_CONFIGS:
         raise ConfigError(f"unknown method {cfg.method!r}: use one of {sorted(METHOD_CONFIGS)}")
-    _choice(cfg.target, TARGETS, "target")
+    parse_target(cfg.target, ConfigError)
     _choice(cfg.wandb.mode, WANDB_MODES, "wandb.mode")
     _choice(cfg.evaluation.ties, TIES, "evaluation.ties")
     if cfg.batch_size < 1:

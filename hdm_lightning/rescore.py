@@ -42,6 +42,7 @@ from hdm_lightning.metrics.family import curve_family, family_of
 from hdm_lightning.models import load_classifier
 from hdm_lightning.run.folder import EARLIER_DEFAULTS, output_names, read_records
 from hdm_lightning.run.plan import MethodRun, build_runs
+from hdm_lightning.run.prototypes import explained_classifier
 from hdm_lightning.run.writer import write_manifest_all, write_reports
 from hdm_lightning.signals import Interrupted, stop_on_signals
 
@@ -157,7 +158,7 @@ def rescore(run_dir: str | Path, overrides: list[str] | None = None, everything:
     compute = _changed_families(old, cfg, everything)
     listed = set(cfg.evaluation.metrics)
     drop = set(compute) | {f for f in old.evaluation.metrics if f not in listed}
-    classifier = load_classifier(cfg.classifier)
+    classifier = explained_classifier(load_classifier(cfg.classifier), cfg.target)
     dataset = build_dataset(cfg.data, classifier.preprocess)
     device = run_device(cfg.device)
     model = classifier.model.to(device)

@@ -33,6 +33,7 @@ from hdm_lightning.run.batch import batch_targets, explain_batch
 from hdm_lightning.run.folder import check_run_folder, output_names, read_records
 from hdm_lightning.run.inputs import write_inputs
 from hdm_lightning.run.plan import MethodRun, RunPlan, build_runs, plan_batches
+from hdm_lightning.run.prototypes import explained_classifier
 from hdm_lightning.run.wandb_log import log_batch, log_summary, wandb_logger
 from hdm_lightning.run.writer import (
     load_maps,
@@ -131,6 +132,7 @@ def _prepare(cfg: DictConfig, settings: DictConfig, shard: Shard) -> _Run:
     classifier = load_classifier(cfg.classifier)
     dataset = build_dataset(cfg.data, classifier.preprocess)
     _check_labels(cfg, classifier, dataset)
+    classifier = explained_classifier(classifier, cfg.target)
     model = classifier.model.to(shard.device)
     runs = build_runs(cfg, settings, model, folder)
     try:

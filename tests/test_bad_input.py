@@ -51,6 +51,14 @@ CASES = [
     ("train_classifier", ["output.dir={tmp}/a_file"], "is a file: set output.dir to a folder path"),
     ("train_classifier", ["output.dir={tmp}/a_file/run"], "lies under"),
     ("train_explainer", ["output.dir={tmp}/a_file/run"], "lies under"),
+    # a target that is neither a class nor a prototype, and a prototype of a classifier without prototypes
+    ("explain", ["--config", TINY, "target=prototype"], "target must be one of predicted, label, {prototype: <index>}"),
+    ("explain", ["--config", TINY, "target={prototype: -1}"], "target.prototype must be a prototype index >= 0"),
+    (
+        "explain",
+        ["--config", TINY, "data.kind=synthetic", "data.limit=1", "target={prototype: 0}"],
+        "explains a prototype's activation, and the classifier 'resnet18'",
+    ),
     # rescore of a folder that holds no run
     ("rescore", ["{tmp}"], "is not a run folder (no config.yaml): give the output.dir of explain.py"),
     ("rescore", ["{tmp}/a_file"], "is not a run folder"),

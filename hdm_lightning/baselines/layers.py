@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from hdm_lightning.models.prototype import PrototypeNet
 from hdm_lightning.models.small_cnn import SmallCNN
 
 __all__ = ["TokenReshape", "default_target_layer", "module_path", "nhwc_to_nchw", "reshape_for", "resolve_module"]
@@ -101,6 +102,12 @@ def _architecture_target(model: nn.Module) -> tuple[str, Callable[[Tensor], Tens
     # features[-1]; ViT blocks[-1].norm1; Swin layers[-1].blocks[-1].norm1): the last spatial feature map.
     if isinstance(model, SmallCNN):
         return "features.-1", None
+    if isinstance(model, PrototypeNet):  # the trunk's last block, before the add-on layers (as for its backbone)
+        trunk = model.features
+        if isinstance(trunk, nn.Sequential):
+            return "features.-1", None
+        inner = _architecture_target(getattr(trunk, "model", trunk))
+        return None if inner is None else (f"features.model.{inner[0]}", inner[1])
     if isinstance(model, tv.ResNet | tm.ResNet):
         return "layer4.-1", None
     if isinstance(model, tv.DenseNet | tv.VGG | tv.EfficientNet | tv.MobileNetV2 | tv.MobileNetV3 | tv.ConvNeXt):
@@ -151,9 +158,10 @@ def default_target_layer(model: nn.Module) -> tuple[nn.Module, Callable[[Tensor]
     Known families (torchvision and timm where both exist): ResNet ``layer4[-1]``; DenseNet ``features[-1]``
     (``norm5``); VGG, EfficientNet (torchvision), MobileNet v2/v3 (torchvision), ConvNeXt (torchvision)
     ``features[-1]``; timm EfficientNet ``bn2``, MobileNetV3 ``blocks[-1]``, ConvNeXt ``stages[-1]``;
-    ``SmallCNN`` ``features[-1]``; ViT ``encoder.layers[-1].ln_1`` / ``blocks[-1].norm1`` with
-    :class:`TokenReshape`; Swin ``features[-1][-1].norm1`` / ``layers[-1].blocks[-1].norm1`` with
-    :func:`nhwc_to_nchw`. A wrapper module with exactly one such child is looked through.
+    ``SmallCNN`` ``features[-1]``; a prototype network its trunk's last block; ViT ``encoder.layers[-1].ln_1`` /
+    ``blocks[-1].norm1`` with :class:`TokenReshape`; Swin ``features[-1][-1].norm1`` /
+    ``layers[-1].blocks[-1].norm1`` with :func:`nhwc_to_nchw`. A wrapper module with exactly one such child is
+    looked through.
 
     Raises:
         ValueError: an unknown architecture; the message says to pass ``target_layer``.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -12,6 +13,7 @@ from hdm_lightning.contract import Attribution, RunContext
 from hdm_lightning.evaluation import MetricSuite
 from hdm_lightning.explainers.result import Explanation
 from hdm_lightning.run.plan import MethodRun
+from hdm_lightning.targets import PrototypeTarget, parse_target
 
 __all__ = ["MethodBatch", "batch_targets", "explain_batch"]
 
@@ -35,14 +37,21 @@ class MethodBatch:
     metrics: list[dict] = field(default_factory=list)
 
 
-def batch_targets(model, images: Tensor, labels: Sequence[int], target: str) -> Tensor:
-    """The class every method explains for each image: the prediction (``"predicted"``) or the dataset's label."""
+def batch_targets(model, images: Tensor, labels: Sequence[int], target: Any) -> Tensor:
+    """The output every method explains for each image (``target:``, :func:`~hdm_lightning.targets.parse_target`).
+
+    The predicted class (``"predicted"``), the dataset's label (``"label"``), or a prototype (``model`` is then the
+    :class:`~hdm_lightning.models.prototype.PrototypeUnits` of the run).
+    """
+    target = parse_target(target)
     if target == "label":
         return torch.tensor(list(labels), device=images.device)
     with torch.no_grad():
         was = model.training
         model.eval()
         try:
+            if isinstance(target, PrototypeTarget):
+                return target.targets(model.net, images)
             return model(images).argmax(1)
         finally:
             model.train(was)
