@@ -6,7 +6,8 @@
 
 Families: :mod:`.gradients` (captum), :mod:`.cam` (grad-cam), :mod:`.rise`, :mod:`.perturbation` (Fong & Vedaldi's
 mask), :mod:`.extremal` (Fong, Patrick & Vedaldi's extremal perturbations), :mod:`.random_map` (the floor),
-:mod:`.controls` (``centre``, ``edges``, ``blurred``: maps that do not explain the classifier, or only smoothly).
+:mod:`.controls` (``centre``, ``edges``, ``blurred``: maps that do not explain the classifier, or only smoothly),
+:mod:`.prototype_map` (``prototype_upsample``: a prototype network's own map of a prototype).
 Importing this package registers them all; DM, HDM and MDM are registered by :mod:`hdm_lightning.explainers`,
 behind the same contract (:mod:`hdm_lightning.contract`).
 """
@@ -27,6 +28,7 @@ from hdm_lightning.baselines.extremal import ExtremalPerturbation
 from hdm_lightning.baselines.gradients import DeepLift, Gradient, IntegratedGradients, distinct_relus
 from hdm_lightning.baselines.layers import TokenReshape, default_target_layer, nhwc_to_nchw, resolve_module
 from hdm_lightning.baselines.perturbation import MeaningfulPerturbation
+from hdm_lightning.baselines.prototype_map import PrototypeUpsample
 from hdm_lightning.baselines.random_map import RandomMap
 from hdm_lightning.baselines.rise import RISE, rise_masks
 
@@ -45,6 +47,7 @@ __all__ = [
     "IntegratedGradients",
     "LayerCAM",
     "MeaningfulPerturbation",
+    "PrototypeUpsample",
     "RandomMap",
     "ScoreCAM",
     "SobelEdges",

@@ -63,11 +63,17 @@ EXPECTED = {
     "centre",
     "edges",
     "blurred",
+    "prototype_upsample",
 }
 # What genuinely does not apply, and the error that says so.
-NOT_APPLICABLE = {("vit", "fullgrad"): "FullGrad needs a CNN"}
-# What cannot be built from its name alone: a trained file is part of the method.
-NEEDS_FILE = {"amortised": "amortised needs params {checkpoint"}
+NO_PROTOTYPES = "prototype_upsample needs a prototype network"
+NOT_APPLICABLE = {
+    ("vit", "fullgrad"): "FullGrad needs a CNN",
+    ("cnn", "prototype_upsample"): NO_PROTOTYPES,  # tested on a prototype network: tests/run/test_prototype_target.py
+    ("vit", "prototype_upsample"): NO_PROTOTYPES,
+}
+# What cannot be built from its name alone: a trained file (or a prototype network) is part of the method.
+NEEDS_FILE = {"amortised": "amortised needs params {checkpoint", "prototype_upsample": NO_PROTOTYPES}
 
 
 def explainer_file(model: nn.Module, path) -> str:

@@ -11,6 +11,7 @@ import torch
 
 from hdm_lightning.cli import explain_main
 from hdm_lightning.config import load_run_config
+from hdm_lightning.contract import build_method
 from hdm_lightning.data import build_dataset
 from hdm_lightning.models import load_classifier, save_classifier_checkpoint
 from hdm_lightning.models.prototype import PrototypeUnits, build_prototype_net
@@ -69,12 +70,13 @@ def test_first_of_class_is_the_predicted_class_first_prototype():
 
 def test_every_method_explains_the_prototype_activation(checkpoint, tmp_path):
     mdm = "{name: mdm, params: {config: {schedule: {name: mdm, params: {steps: 3}}}}}"
-    methods = f"[{{name: gradcam}}, {{name: gradient}}, {mdm}, {{name: hdm}}]"
+    methods = f"[{{name: prototype_upsample}}, {{name: gradcam}}, {{name: gradient}}, {mdm}, {{name: hdm}}]"
     out = tmp_path / "run"
     assert explain_main(args(checkpoint, out, "{prototype: 7}", methods)) == 0
     with open(out / "manifest.csv") as f:
         rows = list(csv.DictReader(f))
-    assert {r["method"] for r in rows} == {"gradcam", "gradient", "mdm", "hdm"} and len(rows) == 8
+    assert {r["method"] for r in rows} == {"prototype_upsample", "gradcam", "gradient", "mdm", "hdm"}
+    assert len(rows) == 10
     assert all(
         r["status"] == "ok" and r["target"] == "7" and r["target_name"] == "prototype 7 (triangle)" for r in rows
     )
@@ -94,3 +96,18 @@ def _image(out: Path) -> torch.Tensor:
     cfg, _ = load_run_config(out / "config.yaml", ["preset=null"])
     assert load_classifier(cfg.classifier).preprocess == small_cnn_preprocess()
     return build_dataset(cfg.data, small_cnn_preprocess())[0].image[None]
+
+
+def test_prototype_upsample_is_the_similarity_map_upsampled_bicubically():
+    torch.manual_seed(2)
+    net = build_prototype_net("small_cnn", 4, HEAD).eval()
+    x, target = torch.randn(2, 3, 64, 64), torch.tensor([4, 10])
+    result = build_method("prototype_upsample", PrototypeUnits(net)).explain(x, target)
+    with torch.no_grad():
+        sim = net.similarity_maps(x)[torch.arange(2), target][:, None]  # [2, 1, 8, 8]
+    up = torch.nn.functional.interpolate(sim, size=(64, 64), mode="bicubic", align_corners=False)
+    lo, hi = up.amin((1, 2, 3), keepdim=True), up.amax((1, 2, 3), keepdim=True)
+    assert torch.allclose(result.maps, (up - lo) / (hi - lo), atol=1e-6)
+    assert (result.forward_passes, result.backward_passes) == (2, 0)
+    with pytest.raises(ValueError, match="prototype_upsample needs a prototype network"):
+        build_method("prototype_upsample", torch.nn.Conv2d(3, 4, 1))
