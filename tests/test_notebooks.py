@@ -21,7 +21,7 @@ from hdm_lightning.cli import explain_main
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
-NOTEBOOK_NAMES = ("quickstart.ipynb", "custom_schedule.ipynb")
+NOTEBOOK_NAMES = ("quickstart.ipynb", "custom_schedule.ipynb", "prototypes.ipynb")
 CUSTOM = str(REPO / "configs" / "custom_schedule.yaml")
 FLOAT = r"(-?\d+\.\d+)"
 
@@ -103,6 +103,18 @@ def test_custom_schedule_notebook_runs(tmp_path, monkeypatch):
     assert re.search(r"^chelsea\s+ok\s+.*passes 8$", text, flags=re.MULTILINE), text  # the YAML run's manifest
     same = re.search(r"max \|YAML run's map - notebook's geometric map\| for chelsea: (\S+)", text)
     assert same and float(same.group(1)) < 1e-6  # the config reproduces the in-notebook call
+
+
+@pytest.mark.slow
+def test_prototypes_notebook_runs(tmp_path, monkeypatch):
+    text = execute("prototypes.ipynb", tmp_path, monkeypatch)
+    assert "smoke mode: True" in text
+    assert re.search(r"^prototypes: 40 \(10 per class\)$", text, flags=re.MULTILINE), text
+    assert re.search(r"^prototype 0 \(circle\) is a patch of train/\d+ at \(\d, \d\)$", text, flags=re.MULTILINE)
+    assert float(re.search(r"\|prototype - patch\| = " + FLOAT, text).group(1)) < 1e-5  # the push, in the network
+    for name in ("prototype_upsample", "mdm"):
+        dice = float(re.search(rf"^{name}\s+dice@90 {FLOAT}$", text, flags=re.MULTILINE).group(1))
+        assert 0 <= dice <= 1
 
 
 @pytest.mark.slow

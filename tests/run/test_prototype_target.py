@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hdm_lightning.cli import explain_main
+from hdm_lightning.cli import explain_main, train_classifier_main
 from hdm_lightning.config import load_run_config
 from hdm_lightning.contract import build_method
 from hdm_lightning.data import build_dataset
@@ -18,7 +18,9 @@ from hdm_lightning.models.prototype import PrototypeUnits, build_prototype_net
 from hdm_lightning.models.small_cnn import small_cnn_preprocess
 from hdm_lightning.run.batch import batch_targets
 from hdm_lightning.targets import PrototypeTarget, parse_target
+from tests.fixtures import make_cub_tree
 
+REPO = Path(__file__).resolve().parents[2]
 HEAD = {"kind": "prototype", "prototypes_per_class": 3, "prototype_shape": [8, 1, 1]}
 NAMES = ["circle", "square", "triangle", "cross"]
 
@@ -111,3 +113,27 @@ def test_prototype_upsample_is_the_similarity_map_upsampled_bicubically():
     assert (result.forward_passes, result.backward_passes) == (2, 0)
     with pytest.raises(ValueError, match="prototype_upsample needs a prototype network"):
         build_method("prototype_upsample", torch.nn.Conv2d(3, 4, 1))
+
+
+@pytest.mark.slow
+def test_the_cub_prototype_configs_run_on_a_cub_format_fixture(tmp_path):
+    """configs/classifier/cub_prototype.yaml then configs/prototypes_cub.yaml, cut down (random ResNet-18 at 32 px,
+    a few steps) on a CUB-format tree with segmentations: training, push, checkpoint and the comparison's table."""
+    cub = make_cub_tree(tmp_path / "cub", classes=3, per_class=4)
+    clf = tmp_path / "clf"
+    train = ["--config", str(REPO / "configs/classifier/cub_prototype.yaml"), f"data.root={cub}", f"output.dir={clf}"]
+    train += ["backbone=resnet18", "init.kind=random", "preprocess.size=32", "preprocess.resize=32", "batch_size=2"]
+    train += ["model.prototypes_per_class=2", "model.prototype.warm_epochs=1", "model.prototype.last_layer_epochs=1"]
+    train += ["trainer.max_epochs=1", "num_workers=0", "wandb.mode=disabled"]
+    assert train_classifier_main(train) == 0
+    push = json.loads((clf / "push.json").read_text())
+    assert [p["class"] for p in push["prototypes"]] == [0, 0, 1, 1, 2, 2]
+    assert all(p["image"].startswith(f"00{p['class'] + 1}.Bird_") for p in push["prototypes"])  # its own class
+    out = tmp_path / "protos"
+    explain = ["--config", str(REPO / "configs/prototypes_cub.yaml"), f"data.root={cub}", "data.limit=2"]
+    explain += [f"classifier.checkpoint={clf / 'classifier.pt'}", "classifier.name=resnet18", f"output.dir={out}"]
+    explain += ["explainer.schedule.params.sizes=[2,3]", "explainer.schedule.params.steps=2", "wandb.mode=disabled"]
+    explain += ["methods=[{name: prototype_upsample}, {name: mdm}, {name: gradcam}]", "progress=false"]
+    assert explain_main(explain) == 0
+    table = (out / "tables" / "segmentation.md").read_text()
+    assert "| prototype_upsample | 2 |" in table and "| mdm | 2 |" in table and "| gradcam | 2 |" in table
