@@ -6,6 +6,8 @@ import pytest
 
 from benchmarks.amortised_curve import main
 from benchmarks.results_table import summary_table
+from benchmarks.segmentation_curves import main as segmentation_curves_main
+from benchmarks.segmentation_curves import read_curves
 from hdm_lightning.evaluation import write_tables
 
 
@@ -82,3 +84,18 @@ def test_the_amortised_curve_orders_refinement_steps_and_draws_the_reference(tmp
         "amortised_refine_3",
         "hdm",
     ]
+
+
+def test_segmentation_curves_are_read_per_percentile_and_drawn(tmp_path):
+    (tmp_path / "tables").mkdir()
+    head = ["method", "images"]
+    for score in ("dice", "iou", "ppv", "sensitivity"):
+        for q in (70, 90):
+            head += [f"{score}/{q}", f"{score}/{q}_ci_low", f"{score}/{q}_ci_high", f"{score}/{q}_p"]
+    rows = [["a", "2", *["0.5", "0.4", "0.6", ""] * 8], ["b", "2", *["0.25", "0.1", "0.3", "0.5"] * 8]]
+    (tmp_path / "tables" / "segmentation.csv").write_text("\n".join(",".join(r) for r in [head, *rows]) + "\n")
+    curves = read_curves(tmp_path)
+    assert curves["b"]["iou"] == [(70, 0.25, 0.1, 0.3), (90, 0.25, 0.1, 0.3)]
+    assert segmentation_curves_main([str(tmp_path), "--plot", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    assert segmentation_curves_main([str(tmp_path / "nothing"), "--plot", str(tmp_path / "d.png")]) == 2
