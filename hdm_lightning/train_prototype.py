@@ -15,22 +15,27 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 
+from hdm_lightning.data.images import ImageReadError
+from hdm_lightning.data.items import ItemDataset
 from hdm_lightning.data.training import ClassifierDataModule
-from hdm_lightning.io import atomic_write_text
+from hdm_lightning.io import atomic_write_json, atomic_write_text
 from hdm_lightning.models import save_classifier_checkpoint
 from hdm_lightning.models.lightning_classifier import initial_backbone
-from hdm_lightning.models.prototype import PROTOTYPE_HEAD, PrototypeNet, build_prototype_net
-from hdm_lightning.models.prototype_training import PHASES, PrototypeModule, push_phase
+from hdm_lightning.models.prototype import PROTOTYPE_HEAD, PrototypeNet, build_prototype_net, push_prototypes
+from hdm_lightning.models.prototype_training import PHASES, PrototypeModule
 from hdm_lightning.run.inputs import write_inputs
 from hdm_lightning.training_run import TrainSummary, build_trainer
 
-__all__ = ["prototype_head", "run_prototype_training"]
+__all__ = ["prototype_head", "push_phase", "run_prototype_training"]
 
 
 def prototype_head(cfg: DictConfig) -> dict[str, Any]:
@@ -129,3 +134,48 @@ def run_prototype_training(cfg: DictConfig, folder: Path, data: ClassifierDataMo
         )
     epochs = int(cfg.model.prototype.warm_epochs + cfg.trainer.max_epochs + cfg.model.prototype.last_layer_epochs)
     return TrainSummary(folder, states["last_layer"], exported, acc, epochs, len(classes))
+
+
+def _train_batches(dataset: ItemDataset, batch_size: int, ids: list[str]) -> Iterator[tuple[Tensor, Tensor]]:
+    """The training images without augmentation, in order; unreadable ones skipped (their ids not appended)."""
+    images, labels = [], []
+    for i in range(len(dataset)):
+        try:
+            item = dataset[i]
+        except ImageReadError as e:
+            warnings.warn(f"push: skipping an unreadable training image: {e}", stacklevel=1)
+            continue
+        images.append(item.image)
+        labels.append(int(item.label))
+        ids.append(item.id)
+        if len(images) == batch_size:
+            yield torch.stack(images), torch.tensor(labels)
+            images, labels = [], []
+    if images:
+        yield torch.stack(images), torch.tensor(labels)
+
+
+def push_phase(net: PrototypeNet, dataset: ItemDataset, batch_size: int, folder: Path | None) -> dict:
+    """Project the prototypes onto their nearest training patches; write (to ``folder``) and return ``push.json``.
+
+    ``push.json``: per prototype its class, the training image id holding its patch, the patch's ``(row,
+    column)`` in the ``feature_size`` map, and the squared distance it moved.
+    """
+    ids: list[str] = []
+    result = push_prototypes(net, _train_batches(dataset, batch_size, ids))
+    record = {
+        "feature_size": list(result.feature_size),
+        "prototypes": [
+            {
+                "prototype": j,
+                "class": int(net.prototype_class[j]),
+                "image": ids[int(result.index[j])],
+                "position": [int(v) for v in result.position[j]],
+                "distance": float(result.distance[j]),
+            }
+            for j in range(net.num_prototypes)
+        ],
+    }
+    if folder is not None:
+        atomic_write_json(record, folder / "push.json")
+    return record

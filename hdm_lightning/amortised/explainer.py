@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from hdm_lightning.amortised.predictor import FeatureTap, MaskPredictor
 from hdm_lightning.explainers.engine import ScheduleOutcome, combine
+from hdm_lightning.explainers.initializers import register_initializer
 from hdm_lightning.io import atomic_torch_save
 from hdm_lightning.masks.ops import Threshold, dm_combine_threshold
 from hdm_lightning.schedules.base import MaskVector, Stage, build_schedule
@@ -254,3 +255,6 @@ def initializer(cfg, schedule, method: str) -> AmortisedExplainer:
             f"params.sizes={[list(s) for s in theirs]}, or train an explainer for these sizes"
         )
     return explainer
+
+
+register_initializer("amortised", initializer)

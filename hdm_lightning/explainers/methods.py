@@ -23,13 +23,13 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from hdm_lightning.allocator import retain_freed_memory
-from hdm_lightning.amortised import explainer as amortised_explainer
 from hdm_lightning.callbacks.checkpoint import WorkStore
 from hdm_lightning.config import DMConfig, HDMConfig, MDMConfig, method_config
 from hdm_lightning.contract import METHODS, Attribution, RunContext, SaliencyMethod, build_method, register_method
 from hdm_lightning.core import PassCounter, check_images, frozen, model_device_dtype, preserved
 from hdm_lightning.explainers.engine import FitSettings, combine, fit_resumable, train_schedule
 from hdm_lightning.explainers.fit import EarlyStop
+from hdm_lightning.explainers.initializers import build_initializer
 from hdm_lightning.explainers.modules import MixingModule
 from hdm_lightning.explainers.optim import MaskOptim, mask_optim
 from hdm_lightning.explainers.restarts import check_restarts, mixed_spread, restarted_run
@@ -88,10 +88,9 @@ class _MaskMethod(SaliencyMethod):
         return threshold, schedule, early, mask_optim(cfg.optim)
 
     def _initializer(self, cfg):
-        """The amortised explainer whose vectors start the fits (``init: amortised``), else ``None``."""
-        if cfg.get("init", "tau") != "amortised":
-            return None
-        return amortised_explainer.initializer(cfg, self.schedule, self.name)
+        """The registered initialiser whose vectors start the fits (e.g. ``init: amortised``), else ``None``."""
+        init = cfg.get("init", "tau")
+        return None if init == "tau" else build_initializer(init, cfg, self.schedule, self.name)
 
     def explain(self, images: Tensor, target: Target = None, context: RunContext | None = None) -> Attribution:
         """Explain the model's decision on ``images`` (``[B, C, H, W]``, normalised as it expects).

@@ -9,27 +9,21 @@ ProtoPNet (arXiv 1806.10574, §2.2) trains in stages, each with its own optimise
 4. **last layer** (``prototype.last_layer_epochs``): the last layer alone, with the L1 term on the weights from a
    prototype to the other classes.
 
-Each phase is one ``Trainer.fit`` of :class:`PrototypeModule` with the phase set; its end state goes to
-``checkpoints/phases/<phase>.pt`` (weights only), so a rerun continues after the last finished phase, and a phase
-stopped midway resumes from its own ``last.ckpt``. ``push.json`` records which training patch each prototype is.
+Each phase is one ``Trainer.fit`` of :class:`PrototypeModule` with the phase set
+(:mod:`hdm_lightning.train_prototype` runs the phases); its end state goes to ``checkpoints/phases/<phase>.pt``
+(weights only), so a rerun continues after the last finished phase, and a phase stopped midway resumes from its
+own ``last.ckpt``. ``push.json`` records which training patch each prototype is.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
 
-from hdm_lightning.data.images import ImageReadError
-from hdm_lightning.data.items import ItemDataset
-from hdm_lightning.io import atomic_write_json
 from hdm_lightning.models.lightning_classifier import ClassifierModule
-from hdm_lightning.models.prototype import PrototypeNet, build_prototype_net, prototype_loss, push_prototypes
+from hdm_lightning.models.prototype import PrototypeNet, build_prototype_net, prototype_loss
 
-__all__ = ["PHASES", "PrototypeModule", "push_phase"]
+__all__ = ["PHASES", "PrototypeModule"]
 
 PHASES = ("warm", "joint", "push", "last_layer")
 """The training phases in order (``push`` is not a fit)."""
@@ -110,48 +104,3 @@ class PrototypeModule(ClassifierModule):
             for name, params, lr in self._trained()
         ]
         return torch.optim.AdamW(groups)
-
-
-def _train_batches(dataset: ItemDataset, batch_size: int, ids: list[str]) -> Iterator[tuple[Tensor, Tensor]]:
-    """The training images without augmentation, in order; unreadable ones skipped (their ids not appended)."""
-    images, labels = [], []
-    for i in range(len(dataset)):
-        try:
-            item = dataset[i]
-        except ImageReadError as e:
-            warnings.warn(f"push: skipping an unreadable training image: {e}", stacklevel=1)
-            continue
-        images.append(item.image)
-        labels.append(int(item.label))
-        ids.append(item.id)
-        if len(images) == batch_size:
-            yield torch.stack(images), torch.tensor(labels)
-            images, labels = [], []
-    if images:
-        yield torch.stack(images), torch.tensor(labels)
-
-
-def push_phase(net: PrototypeNet, dataset: ItemDataset, batch_size: int, folder: Path | None) -> dict:
-    """Project the prototypes onto their nearest training patches; write (to ``folder``) and return ``push.json``.
-
-    ``push.json``: per prototype its class, the training image id holding its patch, the patch's ``(row,
-    column)`` in the ``feature_size`` map, and the squared distance it moved.
-    """
-    ids: list[str] = []
-    result = push_prototypes(net, _train_batches(dataset, batch_size, ids))
-    record = {
-        "feature_size": list(result.feature_size),
-        "prototypes": [
-            {
-                "prototype": j,
-                "class": int(net.prototype_class[j]),
-                "image": ids[int(result.index[j])],
-                "position": [int(v) for v in result.position[j]],
-                "distance": float(result.distance[j]),
-            }
-            for j in range(net.num_prototypes)
-        ],
-    }
-    if folder is not None:
-        atomic_write_json(record, folder / "push.json")
-    return record
