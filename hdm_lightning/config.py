@@ -17,8 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hdm_lightning.bounds import check_sizes
+from hdm_lightning.errors import ConfigError
 from hdm_lightning.method_config import (
-    _CONFIG_CHECKS,
+    CONFIG_CHECKS,
     METHOD_CONFIGS,
     DMConfig,
     EarlyStopConfig,
@@ -57,6 +58,8 @@ __all__ = [
     "SyntheticConfig",
     "ThresholdConfig",
     "WandbConfig",
+    "choice",
+    "load_layers",
     "load_preset",
     "load_run_config",
     "method_config",
@@ -236,10 +239,6 @@ class ExplainRunConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
 
-class ConfigError(ValueError):
-    """A config file, key, value or override that cannot be used; the message names it and the fix."""
-
-
 WANDB_MODES = ("offline", "online", "disabled")
 
 
@@ -297,14 +296,14 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
         ConfigError: missing or unparsable file, unknown key, wrong type, malformed override, unknown
             method, bad value, or an import that fails.
     """
-    cfg = _load_layers(ExplainRunConfig, path, overrides)
+    cfg = load_layers(ExplainRunConfig, path, overrides)
     folder = Path(path).resolve().parent if path is not None else Path.cwd()
     run_imports(list(cfg.imports))  # before the method/schedule names are looked up
     if cfg.method not in METHOD_CONFIGS:
         raise ConfigError(f"unknown method {cfg.method!r}: use one of {sorted(METHOD_CONFIGS)}")
     parse_target(cfg.target, ConfigError)
-    _choice(cfg.wandb.mode, WANDB_MODES, "wandb.mode")
-    _choice(cfg.evaluation.ties, TIES, "evaluation.ties")
+    choice(cfg.wandb.mode, WANDB_MODES, "wandb.mode")
+    choice(cfg.evaluation.ties, TIES, "evaluation.ties")
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size!r}")
     if cfg.trainer.devices < 1 or cfg.trainer.num_nodes < 1 or cfg.trainer.timeout_hours <= 0:
@@ -334,7 +333,7 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
         raise ConfigError(f"bad config key 'explainer.{key}': {str(e).splitlines()[0]}") from None
     cfg.explainer = OmegaConf.to_container(settings)
     try:  # schedule name and parameters, thresholds, ...: checked now, before any data or model is loaded
-        _CONFIG_CHECKS[cfg.method](settings)
+        CONFIG_CHECKS[cfg.method](settings)
     except (ValueError, KeyError) as e:
         raise ConfigError(f"explainer settings: {e.args[0] if isinstance(e, KeyError) else e}") from None
     return cfg, settings
@@ -361,7 +360,7 @@ def find_preset(preset: str, folder: Path) -> Path:
     return found
 
 
-def _load_layers(schema: type, path: str | Path | None, overrides: list[str] | None) -> DictConfig:
+def load_layers(schema: type, path: str | Path | None, overrides: list[str] | None) -> DictConfig:
     """Schema <- YAML file <- ``key=value`` overrides, with errors that name the file or the override."""
     cfg = OmegaConf.structured(schema)
     if path is not None:
@@ -393,6 +392,7 @@ def _load_layers(schema: type, path: str | Path | None, overrides: list[str] | N
     return cfg
 
 
-def _choice(value: str, valid: tuple[str, ...], key: str) -> None:
+def choice(value: str, valid: tuple[str, ...], key: str) -> None:
+    """Refuse a ``key`` whose ``value`` is not one of ``valid`` (a ConfigError naming them)."""
     if value not in valid:
         raise ConfigError(f"{key} must be one of {list(valid)}, got {value!r}")

@@ -20,7 +20,7 @@ from datetime import timedelta
 
 import torch
 
-from hdm_lightning.config import ConfigError
+from hdm_lightning.errors import ConfigError
 
 __all__ = ["Shard", "launch", "launched_processes", "run_device"]
 

@@ -14,8 +14,8 @@ from hdm_lightning.config import (
     OutputConfig,
     PreprocessConfig,
     WandbConfig,
-    _choice,
-    _load_layers,
+    choice,
+    load_layers,
     run_imports,
 )
 
@@ -126,14 +126,14 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
     Raises:
         ConfigError: missing or unparsable file, unknown key, wrong type, malformed override, bad value.
     """
-    cfg = _load_layers(TrainClassifierConfig, path, overrides)
+    cfg = load_layers(TrainClassifierConfig, path, overrides)
     run_imports(list(cfg.imports))
-    _choice(cfg.init.kind, INIT_KINDS, "init.kind")
-    _choice(cfg.augment, AUGMENTS, "augment")
-    _choice(cfg.optim.name, OPTIMIZERS, "optim.name")
-    _choice(cfg.model.head, HEADS, "model.head")
+    choice(cfg.init.kind, INIT_KINDS, "init.kind")
+    choice(cfg.augment, AUGMENTS, "augment")
+    choice(cfg.optim.name, OPTIMIZERS, "optim.name")
+    choice(cfg.model.head, HEADS, "model.head")
     _check_prototype(cfg.model)
-    _choice(cfg.wandb.mode, WANDB_MODES, "wandb.mode")
+    choice(cfg.wandb.mode, WANDB_MODES, "wandb.mode")
     if cfg.init.kind == "file" and not cfg.init.file:
         raise ConfigError("init.kind=file needs init.file=<state dict saved with torch.save(model.state_dict())>")
     if cfg.batch_size < 1 or cfg.trainer.max_epochs < 1:

@@ -160,7 +160,7 @@ def test_interrupted_run_resumes_to_identical_outputs(reference, folder, tmp_pat
         real = MixingModule.training_step
 
         def training_step(self, *args):
-            if self._step == 2:
+            if self.steps_done == 2:
                 raise CrashError("killed")
             return real(self, *args)
 

@@ -7,6 +7,7 @@ Rules (for every module of ``hdm_lightning/``):
 - no import cycle between the package's modules (module-level imports; ``if TYPE_CHECKING:`` blocks excluded);
 - no import of the package's own modules inside a function (a function-level import is for keeping an optional
   third-party dependency optional, nothing else);
+- no private name (``_x``) of one module imported by another: what other modules use is public;
 - the subpackages and top-level modules form the layers of ``LAYERS``: each may import only what lies in a lower
   layer, so no two packages depend on each other (a cycle between packages the module-level test cannot see).
 
@@ -30,8 +31,8 @@ MAX_MODULE_LINES = 400
 # down is a design decision, made here, in one place (docs/architecture.md will describe it).
 LAYERS: list[set[str]] = [
     # plain helpers: torch maths, files, registries, bounds, statistics, the Trainer setup
-    {"allocator", "bounds", "core", "io", "masks", "method_config", "registry", "signals", "stats", "targets"}
-    | {"training_run"},
+    {"allocator", "bounds", "core", "errors", "io", "masks", "method_config", "registry", "signals", "stats"}
+    | {"targets", "training_run"},
     {"callbacks", "contract", "metrics", "schedules", "viz"},  # the method contract, metric families, schedules
     {"config", "tables"},  # run configs (with the metric families' settings), comparison tables
     {"distributed", "evaluation", "explainers", "models", "train_config"},  # fits, classifiers, the metric suite
@@ -220,6 +221,23 @@ def layer_violations(graph: dict[str, set[str]], layers: list[set[str]]) -> list
             if a != b and (a not in rank or b not in rank or rank[b] >= rank[a]):
                 out.append(f"{module} -> {target}")
     return out
+
+
+def private_imports() -> list[str]:
+    """``"<module>: <name> from <module>"`` for each ``from hdm_lightning... import _name`` (module aliases aside)."""
+    out = []
+    for module, tree in TREES.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hdm_lightning"):
+                for alias in node.names:
+                    target = f"{node.module}.{alias.name}"
+                    if alias.name.startswith("_") and target not in MODULES:  # a private name, not a module
+                        out.append(f"{module}: {alias.name} from {node.module}")
+    return sorted(out)
+
+
+def test_no_private_name_is_imported_across_modules():
+    assert private_imports() == []
 
 
 def test_layers_only_point_down():

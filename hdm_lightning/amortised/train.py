@@ -35,9 +35,9 @@ from hdm_lightning.config import (
     DataConfig,
     OutputConfig,
     WandbConfig,
-    _choice,
-    _load_layers,
+    choice,
     find_preset,
+    load_layers,
     run_imports,
 )
 from hdm_lightning.data.training import ClassifierDataModule
@@ -133,13 +133,13 @@ def load_explainer_config(path: str | Path | None, overrides: list[str] | None =
     Raises:
         ConfigError: missing or unparsable file, unknown key, wrong type, malformed override, bad value.
     """
-    cfg = _load_layers(TrainExplainerConfig, path, overrides)
+    cfg = load_layers(TrainExplainerConfig, path, overrides)
     folder = Path(path).resolve().parent if path is not None else Path.cwd()
     run_imports(list(cfg.imports))
-    _choice(cfg.target, TARGETS, "target")
-    _choice(cfg.augment, AUGMENTS, "augment")
-    _choice(cfg.wandb.mode, WANDB_MODES, "wandb.mode")
-    _choice(cfg.predictor.output, OUTPUTS, "predictor.output")
+    choice(cfg.target, TARGETS, "target")
+    choice(cfg.augment, AUGMENTS, "augment")
+    choice(cfg.wandb.mode, WANDB_MODES, "wandb.mode")
+    choice(cfg.predictor.output, OUTPUTS, "predictor.output")
     if cfg.batch_size < 1 or cfg.trainer.max_epochs < 1:
         raise ConfigError(
             f"batch_size and trainer.max_epochs must be >= 1, got {cfg.batch_size}, {cfg.trainer.max_epochs}"

@@ -107,14 +107,14 @@ class MaskCheckpoint(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:  # noqa: D102
         if pl_module.finished:
             return  # the engine saves the finished outcome itself
-        by_steps = self.every_n_steps is not None and pl_module._step % self.every_n_steps == 0
+        by_steps = self.every_n_steps is not None and pl_module.steps_done % self.every_n_steps == 0
         by_time = self.every_n_seconds is not None and time.monotonic() - self._last >= self.every_n_seconds
         if by_steps or by_time:
             self.save(pl_module)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:  # noqa: D102
         # Only at a step boundary: an exception inside a step leaves parameters and counters out of step.
-        if not pl_module.finished and not pl_module.in_step and pl_module._step > 0:
+        if not pl_module.finished and not pl_module.in_step and pl_module.steps_done > 0:
             self.save(pl_module)
 
     def save(self, pl_module) -> None:

@@ -60,11 +60,11 @@ class StageProgress(L.Callback):
         self.bar, self.every = bar, max(int(every_n_steps), 1)
 
     def _show(self, module) -> None:
-        self.bar.set_postfix_str(f"{module.prefix} {module._step}/{module.steps}", refresh=True)
+        self.bar.set_postfix_str(f"{module.prefix} {module.steps_done}/{module.steps}", refresh=True)
 
     def on_train_start(self, trainer, pl_module) -> None:  # noqa: D102
         self._show(pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:  # noqa: D102
-        if pl_module._step % self.every == 0:
+        if pl_module.steps_done % self.every == 0:
             self._show(pl_module)

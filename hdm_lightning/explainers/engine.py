@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from hdm_lightning.callbacks.checkpoint import MaskCheckpoint, WorkStore
-from hdm_lightning.explainers.fit import EarlyStop, _FrozenClassifierFit, run_fit
+from hdm_lightning.explainers.fit import EarlyStop, FrozenClassifierFit, run_fit
 from hdm_lightning.explainers.modules import MaskStageModule
 from hdm_lightning.explainers.optim import MaskOptim
 from hdm_lightning.masks.ops import upsample
@@ -35,7 +35,7 @@ class FitSettings:
     optim: MaskOptim = field(default_factory=MaskOptim)  # the mask optimiser's dynamics
 
 
-def fit_resumable(module: _FrozenClassifierFit, key: str, settings: FitSettings) -> None:
+def fit_resumable(module: FrozenClassifierFit, key: str, settings: FitSettings) -> None:
     """``run_fit`` that continues from the store's in-flight state of ``key`` and checkpoints as it goes."""
     callbacks = list(settings.callbacks)
     if settings.store is not None:

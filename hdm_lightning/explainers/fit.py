@@ -46,7 +46,7 @@ class EarlyStop:
     min_delta: float = 0.0
 
 
-class _FrozenClassifierFit(L.LightningModule):
+class FrozenClassifierFit(L.LightningModule):
     """Shared glue: manual optimisation, endless loader, loss history, frozen classifier."""
 
     check_every = 25  # steps between (device-syncing) checks whether every row has stopped
@@ -69,7 +69,7 @@ class _FrozenClassifierFit(L.LightningModule):
         self.prefix = prefix
         self.log_every = max(int(log_every), 1)
         self.channels_last = channels_last
-        self._step = 0
+        self.steps_done = 0
         self._stopped_early = False
         self._resume_optimizer: dict | None = None
         self.in_step = False  # True while a training step runs: its state is not consistent then
@@ -82,12 +82,12 @@ class _FrozenClassifierFit(L.LightningModule):
     @property
     def remaining_steps(self) -> int:
         """Optimiser steps still to run (all of them unless restored from a work state)."""
-        return self.steps - self._step
+        return self.steps - self.steps_done
 
     @property
     def finished(self) -> bool:
         """Whether every step ran (or every row stopped early): the stage's result is final."""
-        return self._step >= self.steps or self._stopped_early
+        return self.steps_done >= self.steps or self._stopped_early
 
     def work_state(self) -> dict:
         """Everything needed to continue this fit exactly where it is: step, parameters, Adam, history.
@@ -96,12 +96,12 @@ class _FrozenClassifierFit(L.LightningModule):
         """
         opt = self.trainer.optimizers[0] if self._trainer is not None and self.trainer.optimizers else None
         return {
-            "step": self._step,
+            "step": self.steps_done,
             "stopped_early": self._stopped_early,
             "passes": self.passes,
             "params": [p.detach().clone() for p in self.parameters()],
             "optimizer": None if opt is None else opt.state_dict(),
-            "history": self.history[: self._step].detach().clone(),
+            "history": self.history[: self.steps_done].detach().clone(),
             "average": self._average.state(),
             "extra": self._extra_state(),
         }
@@ -115,10 +115,10 @@ class _FrozenClassifierFit(L.LightningModule):
             raise ValueError(f"work state of {self.prefix!r} does not fit this stage (different vectors or batch)")
         for p, v in zip(params, saved, strict=True):
             p.copy_(v)
-        self._step = int(state["step"])
+        self.steps_done = int(state["step"])
         self._stopped_early = bool(state["stopped_early"])
         self.passes = int(state["passes"])
-        self.history[: self._step] = state["history"].to(self.history)
+        self.history[: self.steps_done] = state["history"].to(self.history)
         self._load_extra_state(state["extra"])
         self._average.load(state["average"])
         self._resume_optimizer = state["optimizer"]
@@ -145,12 +145,12 @@ class _FrozenClassifierFit(L.LightningModule):
 
     def _optimizer_step(self, opt) -> None:
         """One step at this step's scheduled learning rate (a pure function of the step: resumable)."""
-        set_lr(opt, self._base_lr, self.optim.lr_factor(self._step, self.steps))
+        set_lr(opt, self._base_lr, self.optim.lr_factor(self.steps_done, self.steps))
         opt.step()
 
     def _track(self, values: list[Tensor]) -> None:
         """Feed the iterate after this step to the tail average."""
-        self._average.update(self._step, values)
+        self._average.update(self.steps_done, values)
 
     def _result(self, values: list[Tensor]) -> list[Tensor]:
         return self._average.result(values)
@@ -179,10 +179,10 @@ class _FrozenClassifierFit(L.LightningModule):
     def _log_loss(self, loss: Tensor) -> None:
         # Straight to the loggers at this fit's own step (not ``self.log``): Lightning's step count and
         # flush schedule restart with every Trainer, including one that continues a checkpointed fit.
-        if self._logging and (self._step % self.log_every == 0 or self._step + 1 == self.steps):
+        if self._logging and (self.steps_done % self.log_every == 0 or self.steps_done + 1 == self.steps):
             value = float(loss)
             for logger in self.trainer.loggers:
-                logger.log_metrics({f"{self.prefix}/loss": value}, step=self._step)
+                logger.log_metrics({f"{self.prefix}/loss": value}, step=self.steps_done)
 
     @property
     def _logging(self) -> bool:
@@ -216,7 +216,7 @@ def quiet_lightning():
 
 
 def run_fit(
-    module: _FrozenClassifierFit,
+    module: FrozenClassifierFit,
     device: torch.device,
     precision: str = "32-true",
     logger=None,
@@ -271,5 +271,5 @@ def run_fit(
         # Only an interruption ends a fit early (a callback setting should_stop, a signal handler):
         # its masks are not final, so nothing downstream may use them.
         raise RuntimeError(
-            f"fit {module.prefix!r} stopped after {module._step} of {module.steps} steps; rerun to continue"
+            f"fit {module.prefix!r} stopped after {module.steps_done} of {module.steps} steps; rerun to continue"
         )

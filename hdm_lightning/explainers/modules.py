@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from hdm_lightning.explainers.fit import EarlyStop, _FrozenClassifierFit, loss_dtype
+from hdm_lightning.explainers.fit import EarlyStop, FrozenClassifierFit, loss_dtype
 from hdm_lightning.explainers.optim import MaskOptim, build_optimizer
 from hdm_lightning.masks.ops import dm_row_loss, l1_mean, mix_maps, vector_mask
 from hdm_lightning.schedules.base import MaskVector, Stage
@@ -23,7 +23,7 @@ from hdm_lightning.schedules.base import MaskVector, Stage
 __all__ = ["MaskStageModule", "MixingModule"]
 
 
-class MaskStageModule(_FrozenClassifierFit):
+class MaskStageModule(FrozenClassifierFit):
     """Trains every vector of one :class:`Stage` for every image of a batch, together.
 
     With ``early_stop``, a row that has stopped keeps its values and leaves the forward/backward passes at the
@@ -133,7 +133,7 @@ class MaskStageModule(_FrozenClassifierFit):
         self.in_step = True
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
-        step = self._step
+        step = self.steps_done
         for chunk in self._chunks:
             v0, v1, b0, b1 = chunk
             rows = self._rows.get(chunk)
@@ -159,7 +159,7 @@ class MaskStageModule(_FrozenClassifierFit):
                 self._early_stop_update(step)
             self._track(list(self.masks))
         self._log_loss(total / self.history[step].numel())
-        self._step += 1
+        self.steps_done += 1
         self.in_step = False
 
     def _extra_state(self) -> dict:
@@ -218,7 +218,7 @@ class MaskStageModule(_FrozenClassifierFit):
         return out
 
 
-class MixingModule(_FrozenClassifierFit):
+class MixingModule(FrozenClassifierFit):
     """HDM's learned combination (HDM paper Eq. 3-5, HDM appx. Alg. 2 lines 11-32).
 
     Parameters ``v`` are ``[B, S]``, initialised to ones (a project decision, docs/methods.md); the mix
@@ -276,8 +276,8 @@ class MixingModule(_FrozenClassifierFit):
         self._optimizer_step(opt)
         with torch.no_grad():
             self._track([self.v])
-        self.history[self._step, 0] = losses.detach()
+        self.history[self.steps_done, 0] = losses.detach()
         self.passes += mh.shape[0]
         self._log_loss(losses.detach().mean())
-        self._step += 1
+        self.steps_done += 1
         self.in_step = False

@@ -23,11 +23,11 @@ class Interrupt(L.Callback):
         self.prefix, self.after, self.inside = prefix, after, inside
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if module.prefix == self.prefix and module._step == self.after and not self.inside:
+        if module.prefix == self.prefix and module.steps_done == self.after and not self.inside:
             raise KeyboardInterrupt("simulated Ctrl+C")  # Lightning turns this into SystemExit(1)
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if module.prefix == self.prefix and module._step == self.after and self.inside:
+        if module.prefix == self.prefix and module.steps_done == self.after and self.inside:
             module.in_step = True  # as if killed mid-step: nothing consistent to save
             raise RuntimeError("simulated crash inside a step")
 
