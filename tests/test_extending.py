@@ -86,3 +86,60 @@ def test_an_unknown_method_names_the_registered_ones_and_imports(tmp_path):
     proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert "centre_bias" in proc.stderr and "Available" in proc.stderr and "Traceback" not in proc.stderr
+
+
+EXERCISE = """
+import numpy as np
+import torch
+
+import hdm_lightning as hl
+import my_kinds  # noqa: F401
+import my_methods  # noqa: F401
+import my_metrics  # noqa: F401
+import my_schedules  # noqa: F401
+from hdm_lightning.data import DATASETS
+from hdm_lightning.metrics import METRICS, build_family
+from hdm_lightning.models import build_backbone
+from hdm_lightning.models.small_cnn import small_cnn_preprocess
+
+torch.manual_seed(0)
+model = build_backbone("small_cnn", 3).eval()
+x = torch.randn(2, 3, 32, 32)
+schedule = {"name": "ladder", "params": {"start": 2, "count": 2, "steps": 2}}
+out = hl.explain(model, x, "dm", config={"schedule": schedule})
+print("ladder", tuple(out.saliency.shape), sorted(out.history))
+result = hl.build_method("grad_x_input", model).explain(x, torch.tensor([0, 2]))
+print("grad_x_input", tuple(result.maps.shape), result.forward_passes, result.backward_passes)
+metric = build_family("centre", fraction=0.5)
+maps = torch.zeros(2, 1, 32, 32)
+maps[0, :, 8:24, 8:24] = 1.0  # all of the mass in the central box
+maps[1, :, :4, :4] = 1.0  # none of it
+metric.update(x, maps, torch.tensor([0, 0]))
+print("centre", [round(float(v), 3) for v in metric.last["centre"]], "families" , "centre" in METRICS.names())
+for i in range(2):
+    np.save(f"arrays/a{i}.npy", np.full((20, 20, 3), 40 * i, dtype=np.uint8))
+data = DATASETS.get("npy")("arrays", small_cnn_preprocess())
+print("npy", len(data), data[1].id, tuple(data[1].image.shape), data.describe())
+"""
+
+
+def test_the_extension_guide_examples_run_as_written(tmp_path):
+    """docs/extending.md's four code examples, each saved as its own module outside the package, then used."""
+    text = (REPO / "docs" / "extending.md").read_text()
+    blocks = [b.split("```")[0] for b in text.split("```python\n")[1:]]
+    names = [b.splitlines()[0].removeprefix("# ").split()[0] for b in blocks]
+    assert names == ["my_schedules.py", "my_methods.py", "my_metrics.py", "my_kinds.py"], names
+    for name, block in zip(names, blocks, strict=True):
+        (tmp_path / name).write_text(block)
+    (tmp_path / "arrays").mkdir()
+    (tmp_path / "exercise.py").write_text(EXERCISE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    done = subprocess.run(
+        [sys.executable, "exercise.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    assert lines["ladder"] == "(2, 1, 32, 32) ['dm/ladder']"  # the schedule's one stage
+    assert lines["grad_x_input"] == "(2, 1, 32, 32) 2 2"
+    assert lines["centre"] == "[1.0, 0.0] families True"
+    assert lines["npy"].startswith("2 a1.npy (3, 64, 64) npy arrays: 2 at arrays")

@@ -210,7 +210,7 @@ class CUBDataset(ItemDataset):
     def from_config(cls, cfg: Any, preprocess: Preprocess) -> CUBDataset:  # noqa: D102
         return cls(cfg.root, cfg.split, preprocess, segmentations=getattr(cfg, "segmentations", None))
 
-    def _load(self, i: int) -> Item:
+    def load_item(self, i: int) -> Item:  # noqa: D102
         path = self.root / "images" / self.ids[i]
         image = load_rgb(path)
         box = self.boxes[i]

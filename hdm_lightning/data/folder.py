@@ -74,7 +74,7 @@ class ImageFolderDataset(ItemDataset):
     def from_config(cls, cfg: Any, preprocess: Preprocess) -> ImageFolderDataset:  # noqa: D102
         return cls(cfg.root, preprocess)
 
-    def _load(self, i: int) -> Item:
+    def load_item(self, i: int) -> Item:  # noqa: D102
         path = self._paths[i]
         image = load_rgb(path)
         return Item(id=self.ids[i], image=self.preprocess(image), label=self.labels[i], path=str(path))

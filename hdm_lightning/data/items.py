@@ -57,7 +57,7 @@ class ItemDataset(Dataset):
     """Base of the datasets: the item list is known up front; ``__getitem__`` reads one image.
 
     Subclasses set ``ids``, ``labels``, ``class_names`` (``None`` when there are no classes) and
-    ``root`` in ``__init__`` and implement :meth:`_load` and :meth:`describe`. A subclass registered as a
+    ``root`` in ``__init__`` and implement :meth:`load_item` and :meth:`describe`. A subclass registered as a
     dataset kind (:func:`~hdm_lightning.data.kinds.register_dataset_kind`) also implements :meth:`from_config`.
     """
 
@@ -96,13 +96,14 @@ class ItemDataset(Dataset):
         if not -n <= i < n:
             raise IndexError(f"item index {index} out of range for a dataset of {n} items")
         i %= n
-        return dataclasses.replace(self._load(i), index=i)
+        return dataclasses.replace(self.load_item(i), index=i)
 
     def has_mask(self, i: int) -> bool | None:
         """Whether item ``i`` comes with a ground-truth mask, known without reading it (``None``: unknown)."""
         return self.masks
 
-    def _load(self, i: int) -> Item:
+    def load_item(self, i: int) -> Item:
+        """Read and preprocess item ``i`` (``dataset[i]`` calls it and sets the item's ``index``)."""
         raise NotImplementedError
 
     def describe(self) -> str:

@@ -31,7 +31,7 @@ arrays::
         def from_config(cls, cfg, preprocess):  # cfg: the DataConfig (data.root, data.split, ...)
             return cls(cfg.root, preprocess)
 
-        def _load(self, i):
+        def load_item(self, i):
             image = Image.fromarray(np.load(self._paths[i])).convert("RGB")
             return Item(id=self.ids[i], image=self.preprocess(image), path=str(self._paths[i]))
 

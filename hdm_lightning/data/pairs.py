@@ -85,7 +85,7 @@ class MaskPairDataset(ItemDataset):
     def has_mask(self, i: int) -> bool:  # noqa: D102
         return self._masks[i] is not None
 
-    def _load(self, i: int) -> Item:
+    def load_item(self, i: int) -> Item:  # noqa: D102
         path, mask_path = self._paths[i], self._masks[i]
         image = load_rgb(path)
         mask = None

@@ -117,7 +117,7 @@ class PhotoDataset(ItemDataset):
     def from_config(cls, cfg: Any, preprocess: Preprocess) -> PhotoDataset:  # noqa: D102
         return cls(list(cfg.photos), preprocess)
 
-    def _load(self, i: int) -> Item:
+    def load_item(self, i: int) -> Item:  # noqa: D102
         name = self.ids[i]
         return Item(id=name, image=self.preprocess(self._photos[name]), label=-1, path=f"demo:{name}")
 

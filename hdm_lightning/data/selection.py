@@ -24,7 +24,7 @@ class DatasetSubset(ItemDataset):
         self.root = dataset.root
         self.note = note
 
-    def _load(self, i: int) -> Item:
+    def load_item(self, i: int) -> Item:  # noqa: D102
         return self.dataset[self.indices[i]]
 
     def has_mask(self, i: int) -> bool | None:  # noqa: D102

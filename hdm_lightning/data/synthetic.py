@@ -370,7 +370,7 @@ class SyntheticShapesDataset(ItemDataset):
         _write_png_atomic(image, image_path)
         return image, mask
 
-    def _load(self, i: int) -> Item:
+    def load_item(self, i: int) -> Item:  # noqa: D102
         image, mask = self._draw(i)
         return Item(
             id=self.ids[i],

@@ -72,7 +72,7 @@ class SaliencyMetric(MetricFamily, Metric):
     """Common flags: no gradients, states merge by summing (``merge_state`` works), mixed better-directions.
 
     A family built on it sets its description (:class:`~hdm_lightning.metrics.family.MetricFamily`), declares its
-    states with :meth:`_add_sum`, adds to them with :meth:`_accumulate` and leaves its per-image values in
+    states with :meth:`add_sum`, adds to them with :meth:`accumulate` and leaves its per-image values in
     ``self.last``.
     """
 
@@ -84,10 +84,12 @@ class SaliencyMetric(MetricFamily, Metric):
         super().__init__(**kwargs)
         self.last: dict[str, Tensor] = {}
 
-    def _add_sum(self, name: str, shape: tuple[int, ...] = ()) -> None:
+    def add_sum(self, name: str, shape: tuple[int, ...] = ()) -> None:
+        """A float64 state ``name`` of ``shape``, zero at the start, summed over processes (``accumulate`` adds)."""
         self.add_state(name, default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def _accumulate(self, name: str, value: Tensor) -> None:
+    def accumulate(self, name: str, value: Tensor) -> None:
+        """Add ``value`` to the state ``name`` (on its device and dtype)."""
         state = getattr(self, name)
         setattr(self, name, state + value.to(state.device, state.dtype))
 

@@ -108,11 +108,11 @@ class DeletionInsertion(ModelMetric):
                 "(0 - mean) / std in the normalised tensor"
             )
         self.blur_kernel, self.blur_sigma = blur_kernel, blur_sigma
-        self._add_sum("deletion_sum")
-        self._add_sum("insertion_sum")
-        self._add_sum("deletion_curve_sum", (self.steps + 1,))
-        self._add_sum("insertion_curve_sum", (self.steps + 1,))
-        self._add_sum("count")
+        self.add_sum("deletion_sum")
+        self.add_sum("insertion_sum")
+        self.add_sum("deletion_curve_sum", (self.steps + 1,))
+        self.add_sum("insertion_curve_sum", (self.steps + 1,))
+        self.add_sum("count")
 
     def _canvas(self, kind: str, images: Tensor) -> Tensor:
         kind = {"zero": "black"}.get(kind, kind)  # insertion's "zero" canvas is black raw pixels
@@ -139,11 +139,11 @@ class DeletionInsertion(ModelMetric):
 
         curves = self._probabilities(2 * B * P, make_inputs).view(2, B, P)
         auc = torch.trapezoid(curves, dx=1.0 / self.steps, dim=-1)  # [2, B], area over the fraction [0, 1]
-        self._accumulate("deletion_sum", auc[0].sum())
-        self._accumulate("insertion_sum", auc[1].sum())
-        self._accumulate("deletion_curve_sum", curves[0].sum(0))
-        self._accumulate("insertion_curve_sum", curves[1].sum(0))
-        self._accumulate("count", torch.tensor(float(B)))
+        self.accumulate("deletion_sum", auc[0].sum())
+        self.accumulate("insertion_sum", auc[1].sum())
+        self.accumulate("deletion_curve_sum", curves[0].sum(0))
+        self.accumulate("insertion_curve_sum", curves[1].sum(0))
+        self.accumulate("count", torch.tensor(float(B)))
         self.last = {"deletion": auc[0], "insertion": auc[1], "deletion_curve": curves[0], "insertion_curve": curves[1]}
 
     def compute(self) -> dict[str, float | Tensor]:

@@ -94,9 +94,9 @@ class AverageDropIncrease(ModelMetric):
             raise ValueError("baseline='black' needs mean and std: pass the classifier's Preprocess.mean/.std")
         self.blur_kernel, self.blur_sigma = blur_kernel, blur_sigma
         n = len(self.percents)
-        self._add_sum("drop_sum", (n,))
-        self._add_sum("increase_sum", (n,))
-        self._add_sum("count")
+        self.add_sum("drop_sum", (n,))
+        self.add_sum("increase_sum", (n,))
+        self.add_sum("count")
 
     def update(self, images: Tensor, saliency: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
         """Score the images and their partly muted copies; ``mask`` is ignored."""
@@ -119,9 +119,9 @@ class AverageDropIncrease(ModelMetric):
         Y, O = probs[0], probs[1:]  # [B], [Q, B]
         drop = torch.where(Y > 0, torch.clamp(Y - O, min=0) / torch.where(Y > 0, Y, 1.0), 0.0) * 100
         increase = (O > Y).double() * 100
-        self._accumulate("drop_sum", drop.sum(1))
-        self._accumulate("increase_sum", increase.sum(1))
-        self._accumulate("count", torch.tensor(float(B)))
+        self.accumulate("drop_sum", drop.sum(1))
+        self.accumulate("increase_sum", increase.sum(1))
+        self.accumulate("count", torch.tensor(float(B)))
         self.last = {"probability": Y}
         for j, q in enumerate(self.percents):
             k = percent_key(q)

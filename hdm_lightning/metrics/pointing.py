@@ -124,7 +124,7 @@ class PointingGame(SaliencyMetric):
             difficult_area, "difficult_area", 1.0, "a share of the image in [0, 1] (default 0.25)"
         )
         for name in ("hits", "count", "difficult_hits", "difficult_count", "skipped"):
-            self._add_sum(name)
+            self.add_sum(name)
 
     def update(self, images: Tensor, saliency: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
         """Add the images' hits; ``mask`` is required, ``target`` only checked for shape."""
@@ -132,11 +132,11 @@ class PointingGame(SaliencyMetric):
         hit = pointing_hits(max_points(saliency, self.ties), mask, self.tolerance).double()
         valid = mask.flatten(1).any(1)
         difficult = valid & (mask.flatten(1).double().mean(1) < self.difficult_area)
-        self._accumulate("hits", hit[valid].sum())
-        self._accumulate("count", valid.sum().double())
-        self._accumulate("difficult_hits", hit[difficult].sum())
-        self._accumulate("difficult_count", difficult.sum().double())
-        self._accumulate("skipped", (~valid).sum().double())
+        self.accumulate("hits", hit[valid].sum())
+        self.accumulate("count", valid.sum().double())
+        self.accumulate("difficult_hits", hit[difficult].sum())
+        self.accumulate("difficult_count", difficult.sum().double())
+        self.accumulate("skipped", (~valid).sum().double())
         self.last = {
             "pointing/all": torch.where(valid, hit, float("nan")),
             "pointing/difficult": torch.where(difficult, hit, float("nan")),

@@ -37,9 +37,9 @@ class Proportion(SaliencyMetric):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._add_sum("proportion_sum")
-        self._add_sum("count")
-        self._add_sum("skipped")
+        self.add_sum("proportion_sum")
+        self.add_sum("count")
+        self.add_sum("skipped")
 
     def update(self, images: Tensor, saliency: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
         """Add the images' proportions; ``mask`` is required, ``target`` only checked for shape."""
@@ -51,9 +51,9 @@ class Proportion(SaliencyMetric):
         share = torch.where(total > 0, inside / torch.where(total > 0, total, 1.0), area) * 100
         valid = gt.any(1)
         share = torch.where(valid, share, float("nan"))
-        self._accumulate("proportion_sum", share[valid].sum())
-        self._accumulate("count", valid.sum().double())
-        self._accumulate("skipped", (~valid).sum().double())
+        self.accumulate("proportion_sum", share[valid].sum())
+        self.accumulate("count", valid.sum().double())
+        self.accumulate("skipped", (~valid).sum().double())
         self.last = {"proportion": share}
 
     def compute(self) -> dict[str, float]:

@@ -256,9 +256,9 @@ class ROAD(ModelMetric):
                 "Preprocess.std) to convert it to the normalised tensor, or set evaluation.params.road.noise: 0"
             )
         n = len(self.percents)
-        self._add_sum("morf_sum", (n,))
-        self._add_sum("lerf_sum", (n,))
-        self._add_sum("count")
+        self.add_sum("morf_sum", (n,))
+        self.add_sum("lerf_sum", (n,))
+        self.add_sum("count")
 
     def _removed_counts(self, n_pixels: int) -> list[int]:
         counts = [keep_count(q, n_pixels) for q in self.percents]
@@ -303,9 +303,9 @@ class ROAD(ModelMetric):
 
         probs = self._probabilities(2 * P * B, make_inputs).view(2, P, B)
         morf, lerf = probs[0].T, probs[1].T  # [B, P]
-        self._accumulate("morf_sum", morf.sum(0))
-        self._accumulate("lerf_sum", lerf.sum(0))
-        self._accumulate("count", torch.tensor(float(B)))
+        self.accumulate("morf_sum", morf.sum(0))
+        self.accumulate("lerf_sum", lerf.sum(0))
+        self.accumulate("count", torch.tensor(float(B)))
         self.last = self._keys(morf, lerf)
 
     def _keys(self, morf: Tensor, lerf: Tensor) -> dict[str, Tensor]:

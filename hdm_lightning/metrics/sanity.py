@@ -227,10 +227,10 @@ class SanityChecks(SaliencyMetric):
         self.rows = [*self.points, "logit"]
         self.similarity_columns = similarity_keys(self.top_k)
         shape = (len(self.rows), len(self.similarity_columns))
-        self._add_sum("similarity_sum", shape)
-        self._add_sum("count", shape)
-        self._add_sum("curve_sum", (n + 1,))
-        self._add_sum("curve_count")
+        self.add_sum("similarity_sum", shape)
+        self.add_sum("count", shape)
+        self.add_sum("curve_sum", (n + 1,))
+        self.add_sum("curve_count")
 
     def update_from_method(self, method: Any, images: Tensor, saliency: Tensor, target: Tensor, ids: Sequence) -> None:
         """Rerun ``method`` on a random class and on the randomised classifier; add the similarities with ``saliency``.
@@ -278,8 +278,8 @@ class SanityChecks(SaliencyMetric):
             rho = [self.last[f"sanity/{p}/spearman"] for p in self.points]
             curve = torch.stack([torch.ones_like(rho[0]), *rho], 1)  # [B, points + 1]
             ok = torch.isfinite(curve).all(1)
-            self._accumulate("curve_sum", curve[ok].sum(0))
-            self._accumulate("curve_count", ok.sum().double())
+            self.accumulate("curve_sum", curve[ok].sum(0))
+            self.accumulate("curve_count", ok.sum().double())
             self.last["sanity_curve"] = curve
 
     def compute(self) -> dict[str, float | Tensor]:

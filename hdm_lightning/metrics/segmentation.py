@@ -63,9 +63,9 @@ class SegmentationScores(SaliencyMetric):
         self.ties = check_ties(ties, "segmentation")
         self.percents = check_percents(percents, "percents")
         for name in self.SCORES:
-            self._add_sum(f"{name}_sum", (len(self.percents),))
-        self._add_sum("count")
-        self._add_sum("skipped")
+            self.add_sum(f"{name}_sum", (len(self.percents),))
+        self.add_sum("count")
+        self.add_sum("skipped")
 
     def update(self, images: Tensor, saliency: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
         """Add the images' scores; ``mask`` is required, ``target`` only checked for shape."""
@@ -90,12 +90,12 @@ class SegmentationScores(SaliencyMetric):
         self.last = {}
         for name, value in scores.items():
             value = torch.where(valid[:, None], value, float("nan"))
-            self._accumulate(f"{name}_sum", value[valid].sum(0))
+            self.accumulate(f"{name}_sum", value[valid].sum(0))
             for j, q in enumerate(self.percents):
                 self.last[f"{name}/{percent_key(q)}"] = value[:, j]
             self.last[f"{name}/mean"] = value.mean(1)
-        self._accumulate("count", valid.sum().double())
-        self._accumulate("skipped", (~valid).sum().double())
+        self.accumulate("count", valid.sum().double())
+        self.accumulate("skipped", (~valid).sum().double())
 
     def compute(self) -> dict[str, float]:
         """Per-``q`` and mean-over-``q`` macro scores plus the image counts."""

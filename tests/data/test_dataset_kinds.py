@@ -49,7 +49,7 @@ class DotsDataset(ItemDataset):
     def from_config(cls, cfg, preprocess: Preprocess) -> "DotsDataset":
         return cls(preprocess)
 
-    def _load(self, i: int) -> Item:
+    def load_item(self, i: int) -> Item:
         arr = dot_image(i)
         return Item(
             id=self.ids[i],

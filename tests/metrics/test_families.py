@@ -46,7 +46,7 @@ class CentreShare(SaliencyMetric):
         super().__init__(**kwargs)
         self.fraction = float(fraction)
         for name in ("centre_sum", "hot_sum", "count"):
-            self._add_sum(name)
+            self.add_sum(name)
 
     def update(self, images, saliency, target, mask=None):
         s = saliency[:, 0].double()
@@ -55,9 +55,9 @@ class CentreShare(SaliencyMetric):
         centre = s[:, dy : h - dy, dx : w - dx].sum((1, 2)) / s.sum((1, 2)).clamp_min(1e-12)
         hot = (s > s.amax((1, 2), keepdim=True) / 2).double().mean((1, 2))
         self.last = {"centre": centre, "hot": hot}
-        self._accumulate("centre_sum", centre.sum())
-        self._accumulate("hot_sum", hot.sum())
-        self._accumulate("count", torch.tensor(float(len(s))))
+        self.accumulate("centre_sum", centre.sum())
+        self.accumulate("hot_sum", hot.sum())
+        self.accumulate("count", torch.tensor(float(len(s))))
 
     def compute(self):
         return {k: float(getattr(self, f"{k}_sum") / self.count) for k in self.columns}
