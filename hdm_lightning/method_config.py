@@ -91,18 +91,13 @@ class MaskOptimConfig:
 
 
 @dataclass
-class DMConfig:
-    """Dynamic masks (HDM paper, arXiv 2301.04970, §3.2)."""
+class MaskMethodConfig:
+    """What every mask method (DM, HDM, MDM) is set by: its schedule, threshold, optimiser, restarts and engine."""
 
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig("dm"))
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
-    aux_reference: str = "original"  # 'original' (Eq. 8) or 'previous' (Alg. 1 line 19)
     upsample: str = "bilinear"  # g: 'bilinear' (align_corners=False) or 'nearest'
     tau: float = 0.5  # initial mask value
-    # tau: every vector starts at tau (the papers) | amortised: the vectors it predicts (benchmark, and levels) start at
-    # a trained predictor's output for the image (train_explainer.py), then the schedule's steps run (epochs 0: none)
-    init: str = "tau"
-    init_checkpoint: str | None = None  # init amortised: the explainer.pt that train_explainer.py wrote
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     optim: MaskOptimConfig = field(default_factory=MaskOptimConfig)  # mask optimiser: the papers' | stable
     # the expected map: the mean of this many runs from x + restart_noise * N(0, 1), batched as rows (1: one run, the
@@ -110,6 +105,17 @@ class DMConfig:
     restarts: int = 1
     restart_noise: float = 1e-6  # std of the restarts' input noise in normalised units (unused with restarts: 1)
     engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+@dataclass
+class DMConfig(MaskMethodConfig):
+    """Dynamic masks (HDM paper, arXiv 2301.04970, §3.2)."""
+
+    aux_reference: str = "original"  # 'original' (Eq. 8) or 'previous' (Alg. 1 line 19)
+    # tau: every vector starts at tau (the papers) | amortised: the vectors it predicts (benchmark, and levels) start at
+    # a trained predictor's output for the image (train_explainer.py), then the schedule's steps run (epochs 0: none)
+    init: str = "tau"
+    init_checkpoint: str | None = None  # init amortised: the explainer.pt that train_explainer.py wrote
 
 
 @dataclass
@@ -130,21 +136,13 @@ class HDMConfig(DMConfig):
 
 
 @dataclass
-class MDMConfig:
-    """Multiple dynamic mask (MDM paper, arXiv 2207.08046)."""
+class MDMConfig(MaskMethodConfig):
+    """Multiple dynamic mask (MDM paper, arXiv 2207.08046): the shared settings with MDM's defaults."""
 
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig("mdm"))
     threshold: ThresholdConfig = field(default_factory=lambda: ThresholdConfig("value", 5.0))
-    upsample: str = "bilinear"  # g: 'bilinear' (align_corners=False) or 'nearest'
-    tau: float = 0.5  # initial mask value
-    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     # With dynamics: stable, MDM keeps eps_relative 30 (300 moves its masks even less in short fits).
     optim: MaskOptimConfig = field(default_factory=lambda: MaskOptimConfig(eps_relative=30.0))
-    # the expected map: the mean of this many runs from x + restart_noise * N(0, 1), batched as rows (1: one run, the
-    # papers); HDM averages per stage (docs/methods.md, "Stable maps"). Costs this many times the passes.
-    restarts: int = 1
-    restart_noise: float = 1e-6  # std of the restarts' input noise in normalised units (unused with restarts: 1)
-    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 INITS = ("tau", "amortised")
@@ -193,7 +191,7 @@ def check_init(init: str, checkpoint: str | None) -> None:
 METHOD_CONFIGS: dict[str, type] = {}
 """Name -> structured config of the methods configured by one (DM, HDM, MDM): filled when such a method is
 registered (:func:`hdm_lightning.contract.register_method`), so the method class is the one place that names it."""
-_CONFIG_CHECKS: dict[str, Callable[[DictConfig], object]] = {}
+CONFIG_CHECKS: dict[str, Callable[[DictConfig], object]] = {}
 
 
 def register_method_config(name: str, schema: type, check: Callable[[DictConfig], object]) -> None:
@@ -202,7 +200,7 @@ def register_method_config(name: str, schema: type, check: Callable[[DictConfig]
     Called by :func:`hdm_lightning.contract.register_method` for a method class with a ``config_class``.
     """
     METHOD_CONFIGS[name] = schema
-    _CONFIG_CHECKS[name] = check
+    CONFIG_CHECKS[name] = check
 
 
 def method_config(method: str, overrides: Any = None) -> DictConfig:
