@@ -30,6 +30,13 @@ CASES = [
     ("explain", ["--config", TINY, "evaluation.ci_level=inf"], "evaluation.ci_level must be a finite number"),
     ("train_classifier", ["optim.lr=nan"], "optim.lr must be a finite number"),
     ("train_explainer", ["explainer.schedule.params.lr=inf"], "schedule.params.lr must be a finite"),
+    # mask settings checked where the config is loaded, not when a fit starts
+    ("explain", ["--config", TINY, "explainer.tau=1.5"], "tau (initial mask value) must be in [0, 1]"),
+    (
+        "explain",
+        ["--config", TINY, "explainer.aux_reference=next"],
+        "aux_reference must be one of ['original', 'previous']",
+    ),
     # a YAML file whose top level is not a mapping
     ("explain", ["--config", "{tmp}/list.yaml"], "must hold a mapping of settings"),
     ("train_classifier", ["--config", "{tmp}/list.yaml"], "must hold a mapping of settings"),

@@ -27,7 +27,7 @@ from hdm_lightning.callbacks.checkpoint import WorkStore
 from hdm_lightning.config import DMConfig, HDMConfig, MDMConfig, method_config
 from hdm_lightning.contract import METHODS, Attribution, RunContext, SaliencyMethod, build_method, register_method
 from hdm_lightning.core import PassCounter, check_images, frozen, model_device_dtype, preserved
-from hdm_lightning.explainers.engine import FitSettings, combine, fit_resumable, train_schedule
+from hdm_lightning.explainers.engine import AUX_REFERENCES, FitSettings, combine, fit_resumable, train_schedule
 from hdm_lightning.explainers.fit import EarlyStop
 from hdm_lightning.explainers.initializers import build_initializer
 from hdm_lightning.explainers.modules import MixingModule
@@ -74,6 +74,10 @@ class _MaskMethod(SaliencyMethod):
         """
         if cfg.upsample not in UPSAMPLE_MODES:
             raise ValueError(f"upsample must be one of {list(UPSAMPLE_MODES)}, got {cfg.upsample!r}")
+        if cfg.get("aux_reference", "original") not in AUX_REFERENCES:
+            raise ValueError(f"aux_reference must be one of {list(AUX_REFERENCES)}, got {cfg.aux_reference!r}")
+        if not 0.0 <= float(cfg.tau) <= 1.0:
+            raise ValueError(f"tau (initial mask value) must be in [0, 1], got {cfg.tau!r}")
         threshold = Threshold(cfg.threshold.kind, float(cfg.threshold.value))
         schedule = build_schedule(cfg.schedule.name, OmegaConf.to_container(cfg.schedule.params))
         es = cfg.early_stop
