@@ -35,26 +35,12 @@ from hdm_lightning.models import (
 )
 from hdm_lightning.models.lightning_classifier import ClassifierModule, initial_backbone
 from hdm_lightning.models.prototype import PROTOTYPE_HEAD
-from hdm_lightning.run.folder import check_run_folder
+from hdm_lightning.run.folder import TRAINING_NON_RESULT_KEYS, check_run_folder
 from hdm_lightning.run.inputs import write_inputs
 from hdm_lightning.train_prototype import run_prototype_training
 from hdm_lightning.training_run import TrainSummary, build_trainer
 
 __all__ = ["TrainSummary", "build_trainer", "run_training"]
-
-# May change between a run and its resumption.
-NON_RESULT_KEYS = (
-    "imports",
-    "num_workers",
-    "output",
-    "wandb",
-    "trainer.log_every_n_steps",
-    "trainer.devices",
-    "trainer.num_nodes",
-    "trainer.accelerator",
-    "trainer.max_epochs",
-    "trainer.early_stopping_patience",
-)
 
 
 def run_training(cfg: DictConfig) -> TrainSummary:
@@ -70,7 +56,7 @@ def run_training(cfg: DictConfig) -> TrainSummary:
     # process): only the first process may archive an old run or write the shared files.
     main = rank_zero_only.rank == 0
     if main:
-        check_run_folder(folder, cfg, NON_RESULT_KEYS)
+        check_run_folder(folder, cfg, TRAINING_NON_RESULT_KEYS)
     L.seed_everything(int(cfg.seed), verbose=False)
     data = _datamodule(cfg)
     if cfg.model.head == PROTOTYPE_HEAD:

@@ -44,7 +44,7 @@ from hdm_lightning.data.training import ClassifierDataModule
 from hdm_lightning.io import atomic_write_text
 from hdm_lightning.method_config import METHOD_CONFIGS, method_config
 from hdm_lightning.models import check_num_classes, load_classifier
-from hdm_lightning.run.folder import check_run_folder
+from hdm_lightning.run.folder import TRAINING_NON_RESULT_KEYS, check_run_folder
 from hdm_lightning.run.inputs import write_inputs
 from hdm_lightning.train import build_trainer
 from hdm_lightning.train_config import AUGMENTS, TrainerRunConfig
@@ -107,22 +107,6 @@ class TrainExplainerConfig:
     data: DataConfig = field(default_factory=lambda: DataConfig(kind="cub"))
     output: OutputConfig = field(default_factory=lambda: OutputConfig(dir="outputs/explainer"))
     wandb: WandbConfig = field(default_factory=WandbConfig)
-
-
-# May change between a run and its resumption.
-NON_RESULT_KEYS = (
-    "imports",
-    "preset",
-    "num_workers",
-    "output",
-    "wandb",
-    "trainer.log_every_n_steps",
-    "trainer.devices",
-    "trainer.num_nodes",
-    "trainer.accelerator",
-    "trainer.max_epochs",
-    "trainer.early_stopping_patience",
-)
 
 
 def load_explainer_config(path: str | Path | None, overrides: list[str] | None = None) -> DictConfig:
@@ -210,7 +194,7 @@ def run_explainer(cfg: DictConfig) -> ExplainerSummary:
     last = folder / "checkpoints" / "last.ckpt"
     main = rank_zero_only.rank == 0
     if main:
-        check_run_folder(folder, cfg, NON_RESULT_KEYS)
+        check_run_folder(folder, cfg, (*TRAINING_NON_RESULT_KEYS, "preset"))
     L.seed_everything(int(cfg.seed), verbose=False)
     retain_freed_memory()  # every step frees and refaults its activations otherwise (hdm_lightning.allocator)
     classifier = load_classifier(cfg.classifier)

@@ -23,7 +23,15 @@ from hdm_lightning.data import IMAGE_EXTENSIONS
 from hdm_lightning.metrics.perturbation import DEFAULT_TIES, EARLIER_TIES
 from hdm_lightning.run.inputs import check_inputs
 
-__all__ = ["NON_RESULT_KEYS", "check_output_dir", "check_run_folder", "output_names", "read_records", "safe_name"]
+__all__ = [
+    "NON_RESULT_KEYS",
+    "TRAINING_NON_RESULT_KEYS",
+    "check_output_dir",
+    "check_run_folder",
+    "output_names",
+    "read_records",
+    "safe_name",
+]
 
 # Keys that change how a run goes, not what it computes: a rerun may change them and still resume.
 NON_RESULT_KEYS = (
@@ -48,6 +56,21 @@ NON_RESULT_KEYS = (
     "evaluation.ci_level",
     "evaluation.ci_resamples",
     "evaluation.ci_seed",
+)
+
+# The same for the training scripts (train_classifier.py; train_explainer.py adds its method ``preset``): a rerun may
+# change how it trains (processes, logging, the number of epochs, early stopping) and still resume.
+TRAINING_NON_RESULT_KEYS = (
+    "imports",
+    "num_workers",
+    "output",
+    "wandb",
+    "trainer.log_every_n_steps",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.accelerator",
+    "trainer.max_epochs",
+    "trainer.early_stopping_patience",
 )
 
 
