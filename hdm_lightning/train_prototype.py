@@ -12,9 +12,7 @@ The phases are described in :mod:`hdm_lightning.models.prototype_training`.
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +22,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from hdm_lightning.data.images import ImageReadError
+from hdm_lightning.data.datamodule import load_items
 from hdm_lightning.data.items import ItemDataset
 from hdm_lightning.data.training import ClassifierDataModule
-from hdm_lightning.io import atomic_write_json, atomic_write_text
+from hdm_lightning.io import atomic_torch_save, atomic_write_json, atomic_write_text, load_tensors
 from hdm_lightning.models import save_classifier_checkpoint
 from hdm_lightning.models.lightning_classifier import initial_backbone
 from hdm_lightning.models.prototype import PROTOTYPE_HEAD, PrototypeNet, build_prototype_net, push_prototypes
@@ -46,18 +44,6 @@ def prototype_head(cfg: DictConfig) -> dict[str, Any]:
         "prototype_shape": [int(s) for s in cfg.model.prototype_shape],
         **OmegaConf.to_container(cfg.model.prototype),
     }
-
-
-def _save_state(net: PrototypeNet, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fit_phase(cfg: DictConfig, folder: Path, data: ClassifierDataModule, net: PrototypeNet, phase: str, logger):
@@ -114,7 +100,7 @@ def run_prototype_training(cfg: DictConfig, folder: Path, data: ClassifierDataMo
         )
     finished = [p for p in PHASES if cfg.output.resume and states[p].is_file()]
     if finished:  # the phases run in order: go on after the last finished one
-        net.load_state_dict(torch.load(states[finished[-1]], map_location="cpu", weights_only=True))
+        net.load_state_dict(load_tensors(states[finished[-1]]))
     logger = None
     for phase in PHASES[len(finished) :]:
         if phase == "push":
@@ -122,7 +108,7 @@ def run_prototype_training(cfg: DictConfig, folder: Path, data: ClassifierDataMo
         else:
             logger = _fit_phase(cfg, folder, data, net, phase, logger)
         if main:
-            _save_state(net, states[phase])
+            atomic_torch_save({k: v.detach().cpu() for k, v in net.state_dict().items()}, states[phase])
     if logger:
         logger.experiment.finish()
     acc = _accuracy(net, data)
@@ -138,21 +124,13 @@ def run_prototype_training(cfg: DictConfig, folder: Path, data: ClassifierDataMo
 
 def _train_batches(dataset: ItemDataset, batch_size: int, ids: list[str]) -> Iterator[tuple[Tensor, Tensor]]:
     """The training images without augmentation, in order; unreadable ones skipped (their ids not appended)."""
-    images, labels = [], []
-    for i in range(len(dataset)):
-        try:
-            item = dataset[i]
-        except ImageReadError as e:
-            warnings.warn(f"push: skipping an unreadable training image: {e}", stacklevel=1)
-            continue
-        images.append(item.image)
-        labels.append(int(item.label))
-        ids.append(item.id)
-        if len(images) == batch_size:
-            yield torch.stack(images), torch.tensor(labels)
-            images, labels = [], []
-    if images:
-        yield torch.stack(images), torch.tensor(labels)
+    for start in range(0, len(dataset), batch_size):
+        items, failed = load_items(dataset, range(start, min(start + batch_size, len(dataset))))
+        for _, _, message in failed:
+            warnings.warn(f"push: skipping an unreadable training image: {message}", stacklevel=1)
+        if items:
+            ids.extend(item.id for item in items)
+            yield torch.stack([item.image for item in items]), torch.tensor([int(item.label) for item in items])
 
 
 def push_phase(net: PrototypeNet, dataset: ItemDataset, batch_size: int, folder: Path | None) -> dict:
