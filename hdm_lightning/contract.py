@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -70,7 +70,7 @@ class RunContext:
 
 @dataclass
 class Attribution:
-    """What one call of a saliency method returns.
+    """What one call of a saliency method returns (:func:`hdm_lightning.explain`, :meth:`SaliencyMethod.explain`).
 
     Attributes:
         maps: ``[B, 1, H, W]`` float32 in ``[0, 1]`` on the images' device.
@@ -79,6 +79,11 @@ class Attribution:
         backward_passes: samples whose outputs received a gradient.
         explanation: DM/HDM/MDM: the full :class:`~hdm_lightning.explainers.result.Explanation` (stages, mixing
             weights, loss histories, probabilities; on the model's device); ``None`` for the baselines.
+        method: the registered name of the method that made it.
+
+    The explanation's fields read through: ``out.stages``, ``out.weights``, ``out.history``, ``out.target``, ...
+    are ``out.explanation.stages`` and so on (an ``AttributeError`` that says so for a baseline), and
+    ``out.saliency`` is the explanation's map where there is one (DM/HDM/MDM, on the model's device), else ``maps``.
     """
 
     maps: Tensor
@@ -86,6 +91,43 @@ class Attribution:
     forward_passes: int
     backward_passes: int
     explanation: Explanation | None = None
+    method: str = ""
+
+    @property
+    def saliency(self) -> Tensor:
+        """The explanation's final map (``M_h``, ``M_b`` or ``M^h``) where there is one, else :attr:`maps`."""
+        return self.maps if self.explanation is None else self.explanation.saliency
+
+    @property
+    def passes_per_image(self) -> int:
+        """Forward+backward sample passes per image (the explanation's count where there is one)."""
+        if self.explanation is not None:
+            return self.explanation.passes_per_image
+        return self.backward_passes // max(1, self.maps.shape[0])
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only for names the dataclass lacks: the explanation's fields (stages, weights, history, ...).
+        explanation = self.__dict__.get("explanation")
+        if explanation is not None and not name.startswith("__") and hasattr(explanation, name):
+            return getattr(explanation, name)
+        method = self.__dict__.get("method") or "this method"
+        raise AttributeError(
+            f"{name!r}: an Attribution of {method!r} has no such field"
+            + (
+                " (only DM, HDM and MDM attach an explanation with stages, weights and loss histories; use .maps)"
+                if explanation is None
+                else ""
+            )
+        )
+
+    def to(self, device) -> Attribution:
+        """A copy with the maps and the explanation on ``device``."""
+        explanation = None if self.explanation is None else self.explanation.to(device)
+        return replace(self, maps=self.maps.to(device), explanation=explanation)
+
+    def cpu(self) -> Attribution:
+        """A copy on the CPU."""
+        return self.to(torch.device("cpu"))
 
 
 def register_method(name: str) -> Callable[[type[SaliencyMethod]], type[SaliencyMethod]]:
@@ -173,32 +215,48 @@ class SaliencyMethod:
         """The maps alone: ``self.explain(images, target).maps``."""
         return self.explain(images, target).maps
 
-    def explain(self, images: Tensor, target: Tensor | int | None = None, context: RunContext | None = None):
+    def explain(
+        self, images: Tensor, target: Tensor | int | None = None, context: RunContext | None = None
+    ) -> Attribution:
         """Saliency maps of ``images`` for ``target``, with their cost (an :class:`Attribution`).
+
+        The one path of every method: checks, the model preserved, passes counted, :meth:`run`, maps normalised.
 
         Args:
             images: ``[B, C, H, W]`` float tensor, normalised as the model expects (0 = the dataset mean colour).
             target: LongTensor ``[B]`` of class indices (an int is used for every image); ``None`` explains the
-                predicted class (one extra forward pass, counted).
+                predicted class (one extra forward pass, counted). DM/HDM/MDM also take a callable
+                ``selector(model, x) -> Tensor[B]`` giving the activation to preserve.
             context: what a run lends the call (logger, callbacks, checkpoint folder); unused by the baselines.
         """
         check_images(images)
         device, dtype = model_device_dtype(self.model)
         x = images.detach().to(device=device, dtype=dtype)
         b, _, h, w = x.shape
-        t = as_targets(target, b, device)
         start = time.perf_counter()
         with preserved(self.model), PassCounter(self.model) as counter, torch.enable_grad():
             self._counter = counter
             try:
-                if t is None:
-                    with torch.no_grad():
-                        t = self.model(x).argmax(1)
-                maps = self.attribute(x, t)
+                maps, explanation = self.run(x, target, context or RunContext())
             finally:
                 self._counter = None
         seconds = time.perf_counter() - start
-        return Attribution(self._finish(maps, (b, 1, h, w), images.device), seconds, counter.forward, counter.backward)
+        if explanation is not None:
+            explanation.seconds = seconds
+        maps = self._finish(maps, (b, 1, h, w), images.device)
+        return Attribution(maps, seconds, counter.forward, counter.backward, explanation, self.name)
+
+    def run(self, images: Tensor, target, context: RunContext) -> tuple[Tensor, Explanation | None]:
+        """The raw maps of one call (and its explanation, if any), inside :meth:`explain`'s guards.
+
+        The base resolves the targets (the predicted class when ``None``) and calls :meth:`attribute`; DM/HDM/MDM
+        override it to run their fits. ``images`` are on the model's device and dtype.
+        """
+        t = as_targets(target, images.shape[0], images.device)
+        if t is None:
+            with torch.no_grad():
+                t = self.model(images).argmax(1)
+        return self.attribute(images, t), None
 
     def _finish(self, maps: Tensor, shape: tuple[int, ...], device: torch.device) -> Tensor:
         """Check a raw map's shape and values; per-image min-max normalise it, as float32 on ``device``."""

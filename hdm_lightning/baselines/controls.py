@@ -128,4 +128,4 @@ class BlurredMap(SaliencyMethod):
         maps = gaussian_blur(result.maps.float(), self.sigma)
         maps = self._finish(maps, tuple(result.maps.shape), images.device)
         seconds = result.seconds + time.perf_counter() - start
-        return Attribution(maps, seconds, result.forward_passes, result.backward_passes, result.explanation)
+        return Attribution(maps, seconds, result.forward_passes, result.backward_passes, result.explanation, self.name)

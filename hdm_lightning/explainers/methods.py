@@ -12,7 +12,6 @@ carries the full :class:`~hdm_lightning.explainers.result.Explanation` (stages, 
 from __future__ import annotations
 
 import hashlib
-import time
 import warnings
 from pathlib import Path
 from typing import ClassVar
@@ -25,8 +24,16 @@ from torch import Tensor, nn
 from hdm_lightning.allocator import retain_freed_memory
 from hdm_lightning.callbacks.checkpoint import WorkStore
 from hdm_lightning.config import DMConfig, HDMConfig, MDMConfig, method_config
-from hdm_lightning.contract import METHODS, Attribution, RunContext, SaliencyMethod, build_method, register_method
-from hdm_lightning.core import PassCounter, check_images, frozen, model_device_dtype, preserved
+from hdm_lightning.contract import (
+    METHODS,
+    Attribution,
+    RunContext,
+    SaliencyMethod,
+    build_method,
+    method_params,
+    register_method,
+)
+from hdm_lightning.core import PassCounter, frozen
 from hdm_lightning.explainers.engine import AUX_REFERENCES, FitSettings, combine, fit_resumable, train_schedule
 from hdm_lightning.explainers.fit import EarlyStop
 from hdm_lightning.explainers.initializers import build_initializer
@@ -96,40 +103,25 @@ class _MaskMethod(SaliencyMethod):
         init = cfg.get("init", "tau")
         return None if init == "tau" else build_initializer(init, cfg, self.schedule, self.name)
 
-    def explain(self, images: Tensor, target: Target = None, context: RunContext | None = None) -> Attribution:
-        """Explain the model's decision on ``images`` (``[B, C, H, W]``, normalised as it expects).
+    def run(self, images: Tensor, target: Target, context: RunContext) -> tuple[Tensor, Explanation]:
+        """The fits of one call (inside :meth:`SaliencyMethod.explain`'s guards): the map and its explanation.
 
-        Args:
-            images: the batch.
-            target: ``None`` (the predicted class), a class index or one per image, or a callable
-                ``selector(model, x) -> Tensor[N]`` giving the activation to preserve.
-            context: logger and callbacks for the fits, and ``work_dir``: finished stage fits and the fit in
-                flight are checkpointed there (:mod:`hdm_lightning.callbacks.checkpoint`); calling again with the
-                same images, config and ``work_dir`` after an interruption continues where it stopped and gives
-                the same maps.
+        ``target``: ``None`` (the predicted class), a class index or one per image, or a callable
+        ``selector(model, x) -> Tensor[N]`` giving the activation to preserve. ``context.work_dir``: finished stage
+        fits and the fit in flight are checkpointed there (:mod:`hdm_lightning.callbacks.checkpoint`); calling
+        again with the same images, config and ``work_dir`` after an interruption continues where it stopped and
+        gives the same maps.
         """
-        check_images(images)
         if self.cfg.engine.retain_memory:
             retain_freed_memory()
-        context = context or RunContext()
-        device, dtype = model_device_dtype(self.model)
-        x = images.detach().to(device=device, dtype=dtype)
-        settings = self._settings(device, x, target, context)
-        start = time.perf_counter()
-        devices = [device] if device.type == "cuda" else []
-        with (
-            preserved(self.model),
-            PassCounter(self.model) as counter,
-            torch.random.fork_rng(devices=devices),
-            frozen(self.model, self.cfg.engine.channels_last),
-        ):
+        settings = self._settings(images.device, images, target, context)
+        devices = [images.device] if images.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), frozen(self.model, self.cfg.engine.channels_last):
             L.seed_everything(int(self.cfg.engine.seed), verbose=False)
-            selector = ActivationSelector(self.model, x, target)
-            out = self._explain(x, selector, settings)
-        out.seconds = time.perf_counter() - start
-        self._check(out, counter, x.shape[0], resumed=context.work_dir is not None)
-        maps = self._finish(out.saliency, (x.shape[0], 1, *x.shape[-2:]), images.device)
-        return Attribution(maps, out.seconds, counter.forward, counter.backward, explanation=out)
+            selector = ActivationSelector(self.model, images, target)
+            out = self._explain(images, selector, settings)
+        self._check(out, self.counter, images.shape[0], resumed=context.work_dir is not None)
+        return out.saliency, out
 
     def _settings(self, device: torch.device, images: Tensor, target: Target, context: RunContext) -> FitSettings:
         eng = self.cfg.engine
@@ -162,7 +154,7 @@ class _MaskMethod(SaliencyMethod):
                 f"{self.name}: {empty} of {batch} maps are all zero: the threshold gamma "
                 f"({t.kind} {t.value:g}) is at or above every value of the combined mask. Train longer (more "
                 f"epochs, a larger lr), {fix}",
-                stacklevel=3,
+                stacklevel=4,
             )
         expected = out.passes_per_image * batch
         # A call that continues checkpointed work legitimately spends fewer passes than it reports; with the
@@ -172,7 +164,7 @@ class _MaskMethod(SaliencyMethod):
                 f"{self.name}: counted {counter.backward} backward samples but the explanation reports "
                 f"{out.passes_per_image} per image x {batch} images = {expected}",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
     def fingerprint(self, images: Tensor, target: Target) -> str:
@@ -363,34 +355,43 @@ def explain(
     logger=None,
     callbacks=None,
     work_dir: str | Path | None = None,
-) -> Explanation:
-    """Explain ``model`` on ``images`` with HDM, DM or MDM (the notebook shorthand).
+) -> Attribution:
+    """Explain ``model`` on ``images`` with any registered method: ``hdm``, ``dm``, ``mdm``, ``gradcam``, ``rise``, ...
 
-    The same as ``build_method(method, model, {"config": config}).explain(images, target, context).explanation``.
+    The same as ``build_method(method, model, params).explain(images, target, context)``: one path for every method.
 
     Args:
         model: any classifier ``nn.Module`` (kept frozen; its flags are restored afterwards).
         images: ``[B, C, H, W]`` float tensor, normalised as ``model`` expects.
-        method: a registered mask method: ``"hdm"``, ``"dm"`` or ``"mdm"``.
-        target: ``None`` (the predicted class), a class index or one per image, or a callable
+        method: a registered method (:func:`~hdm_lightning.contract.available_methods`).
+        target: ``None`` (the predicted class), a class index or one per image; DM/HDM/MDM also take a callable
             ``selector(model, x) -> Tensor[N]`` giving the activation to preserve.
-        config: overrides of the method's settings: a dict, DictConfig, dataclass or a YAML path
-            (``configs/methods/*.yaml``).
-        logger: optional Lightning logger (e.g. ``WandbLogger``) for the per-stage loss curves.
+        config: the method's settings. DM/HDM/MDM: overrides of their structured config (a dict, DictConfig,
+            dataclass or a YAML path such as ``configs/methods/hdm_fast.yaml``). Other methods: a dict of their
+            parameters (e.g. ``{"n_masks": 2000}`` for ``rise``).
+        logger: optional Lightning logger (e.g. ``WandbLogger``) for DM/HDM/MDM's per-stage loss curves.
         callbacks: optional Lightning callbacks passed to every fit.
-        work_dir: optional folder for mid-stage checkpoints: an interrupted call repeated with the same
-            arguments continues where it stopped (same maps as an uninterrupted call).
+        work_dir: optional folder for DM/HDM/MDM's mid-stage checkpoints: an interrupted call repeated with the
+            same arguments continues where it stopped (same maps as an uninterrupted call).
 
     Returns:
-        :class:`~hdm_lightning.explainers.result.Explanation` with tensors on the model's device.
+        :class:`~hdm_lightning.contract.Attribution`: ``maps`` (``[B, 1, H, W]`` in ``[0, 1]`` on the images'
+        device), the cost, and for DM/HDM/MDM the full explanation (``out.stages``, ``out.weights``,
+        ``out.history``, ``out.saliency`` on the model's device).
 
     Raises:
-        KeyError: ``method`` is not a registered mask method (the message lists them).
+        KeyError: ``method`` is not registered (the message lists the registered ones).
+        ValueError: a bad setting or an unknown parameter (the message lists the known ones).
     """
     cls = METHODS.get(method)
-    if not issubclass(cls, _MaskMethod):
-        masks = [n for n in METHODS.names() if issubclass(METHODS.get(n), _MaskMethod)]
-        raise KeyError(f"explain() runs the mask methods {masks}; for {method!r} use build_method({method!r}, model)")
-    m = build_method(method, model, {"config": config})
+    if issubclass(cls, _MaskMethod):
+        params = {"config": config}
+    elif config is None or isinstance(config, dict):
+        params = dict(config or {})
+    else:
+        raise ValueError(
+            f"config for {method!r} is the dict of its parameters ({list(method_params(method))}); a YAML or "
+            "structured config sets DM, HDM or MDM only"
+        )
     context = RunContext(logger=logger, callbacks=list(callbacks or []), work_dir=work_dir)
-    return m.explain(images, target, context).explanation
+    return build_method(method, model, params).explain(images, target, context)

@@ -14,8 +14,10 @@ import torch
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 
+import hdm_lightning as hl
 from hdm_lightning.amortised import AmortisedExplainer, FeatureTap, MaskPredictor
-from hdm_lightning.contract import METHODS, build_method, method_params
+from hdm_lightning.contract import METHODS, Attribution, build_method, mask_methods, method_params
+from hdm_lightning.masks.ops import normalize
 from hdm_lightning.models.backbones import build_backbone
 from tests.toy_models import RegionNet, box_mask
 
@@ -120,6 +122,7 @@ class Record:
     method: object
     changes: list[str]
     explanation: object = None  # DM/HDM/MDM: the Explanation of the call
+    result: object = None  # the Attribution hl.explain returned
 
 
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
@@ -164,14 +167,16 @@ def runs(tmp_path_factory):
             try:
                 params = {"checkpoint": files[kind]} if name == "amortised" else PARAMS.get(name)
                 method = build_method(name, model, params)
-                result = method.explain(images, target)
+                # Every method through the one public call (mask methods take their structured config).
+                config = params["config"] if name in mask_methods() else params
+                result = hl.explain(model, images, name, target=target, config=config)
                 maps = result.maps
             except ValueError as e:
                 error = e
             fwd = result.forward_passes if result is not None else 0
             bwd = result.backward_passes if result is not None else 0
             explanation = result.explanation if result is not None else None
-            cache[kind, name] = Record(maps, error, fwd, bwd, method, changes(model, before), explanation)
+            cache[kind, name] = Record(maps, error, fwd, bwd, method, changes(model, before), explanation, result)
         return cache[kind, name]
 
     return run
@@ -195,6 +200,41 @@ def test_valid_maps(runs, name, kind):
     assert sal.min() >= 0 and sal.max() <= 1
     per_image = sal.flatten(1)
     assert (per_image.max(1).values > per_image.min(1).values).all(), "a constant map"
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_one_call_one_result(runs, name):
+    """``hl.explain`` runs every method and returns an Attribution; mask methods attach their Explanation."""
+    rec = runs("cnn", name)
+    if ("cnn", name) in NOT_APPLICABLE:
+        return
+    result = rec.result
+    assert isinstance(result, Attribution) and result.method == name
+    assert result.passes_per_image == rec.backward // B
+    if name in mask_methods():
+        exp = result.explanation
+        assert exp.method == name and result.stages is exp.stages and result.history is exp.history
+        assert result.saliency is exp.saliency and result.seconds == exp.seconds
+        assert torch.equal(result.maps, normalize(exp.saliency))  # maps: N(saliency) (HDM's mix is not in [0, 1])
+    else:
+        assert result.explanation is None and result.saliency is result.maps
+        with pytest.raises(AttributeError, match="only DM, HDM and MDM attach an explanation"):
+            _ = result.stages
+    moved = result.cpu()
+    assert torch.equal(moved.maps, result.maps) and moved.method == name
+
+
+def test_explain_config_of_a_baseline_is_its_params():
+    model, x = cnn(), torch.randn(1, 3, S, S)
+    a = hl.explain(model, x, "rise", target=1, config={"n_masks": 24, "batch_size": 10})
+    b = build_method("rise", model, {"n_masks": 24, "batch_size": 10}).explain(x, 1)
+    assert torch.equal(a.maps, b.maps) and a.forward_passes == b.forward_passes == 24
+    with pytest.raises(ValueError, match=r"Known parameters: \['n_masks'"):
+        hl.explain(model, x, "rise", config={"masks": 24})
+    with pytest.raises(ValueError, match="a YAML or structured config sets DM, HDM or MDM only"):
+        hl.explain(model, x, "rise", config="configs/methods/hdm_fast.yaml")
+    with pytest.raises(KeyError, match="Unknown saliency method 'dn'. Available"):
+        hl.explain(model, x, "dn")
 
 
 @pytest.mark.parametrize("kind", ["cnn", "vit"])
