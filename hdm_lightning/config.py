@@ -9,6 +9,7 @@ whose message names the fix.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,6 @@ __all__ = [
     "run_defaults",
     "run_imports",
 ]
-
-# ------------------------------------------------------------------------------------- explain runs
 
 
 @dataclass
@@ -269,8 +268,6 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
 
 def run_imports(modules: list[str]) -> None:
     """Import the config's ``imports:`` (user plugins registering schedules). This runs their code."""
-    import importlib
-
     for name in modules:
         try:
             importlib.import_module(name)
@@ -281,12 +278,13 @@ def run_imports(modules: list[str]) -> None:
             ) from None
 
 
-def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> tuple[DictConfig, DictConfig]:
-    """Load an explain-run config: schema <- YAML <- ``key=value`` overrides; imports; method settings.
+def load_run_config(path: str | Path | None, overrides: list[str] | None = None, values=None) -> tuple:
+    """Load an explain-run config: schema <- YAML <- ``values`` <- ``key=value`` overrides; imports; method settings.
 
     Args:
         path: the YAML file (``None``: the schema defaults, i.e. the demo).
         overrides: command-line ``key=value`` items (OmegaConf dotlist syntax).
+        values: a mapping of settings given in Python (:func:`hdm_lightning.compare`), merged over the file.
 
     Returns:
         ``(run, method_settings)``: the run config (``explainer`` resolved to the full method settings,
@@ -296,7 +294,7 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
         ConfigError: missing or unparsable file, unknown key, wrong type, malformed override, unknown
             method, bad value, or an import that fails.
     """
-    cfg = load_layers(ExplainRunConfig, path, overrides)
+    cfg = load_layers(ExplainRunConfig, path, overrides, values)
     folder = Path(path).resolve().parent if path is not None else Path.cwd()
     run_imports(list(cfg.imports))  # before the method/schedule names are looked up
     if cfg.method not in METHOD_CONFIGS:
@@ -360,8 +358,8 @@ def find_preset(preset: str, folder: Path) -> Path:
     return found
 
 
-def load_layers(schema: type, path: str | Path | None, overrides: list[str] | None) -> DictConfig:
-    """Schema <- YAML file <- ``key=value`` overrides, with errors that name the file or the override."""
+def load_layers(schema: type, path: str | Path | None, overrides: list[str] | None, values=None) -> DictConfig:
+    """Schema <- YAML file <- ``values`` (a mapping) <- ``key=value`` overrides; errors name the file or the key."""
     cfg = OmegaConf.structured(schema)
     if path is not None:
         path = Path(path)
@@ -380,6 +378,10 @@ def load_layers(schema: type, path: str | Path | None, overrides: list[str] | No
             cfg = OmegaConf.merge(cfg, layer)
         except OmegaConfBaseException as e:
             raise _config_error(e, str(path)) from None
+    try:
+        cfg = OmegaConf.merge(cfg, values or {})
+    except OmegaConfBaseException as e:
+        raise _config_error(e, "the settings given") from None
     try:
         cfg = OmegaConf.merge(cfg, parse_overrides(list(overrides or [])))
     except OmegaConfBaseException as e:

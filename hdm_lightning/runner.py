@@ -12,6 +12,7 @@ skipped, the batch in flight continues from its work folder.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -24,11 +25,11 @@ from tqdm import tqdm
 from hdm_lightning.callbacks.logging import StageProgress
 from hdm_lightning.config import ConfigError, run_defaults
 from hdm_lightning.contract import RunContext
-from hdm_lightning.data import build_dataset, load_items
+from hdm_lightning.data import ItemDataset, build_dataset, load_items
 from hdm_lightning.distributed import Shard, run_device
 from hdm_lightning.evaluation import MetricSuite, TableStats
 from hdm_lightning.io import atomic_write_text
-from hdm_lightning.models import check_num_classes, load_classifier
+from hdm_lightning.models import Classifier, check_num_classes, load_classifier
 from hdm_lightning.run.batch import batch_targets, explain_batch
 from hdm_lightning.run.folder import check_run_folder, output_names, read_records
 from hdm_lightning.run.inputs import write_inputs
@@ -45,7 +46,28 @@ from hdm_lightning.run.writer import (
 )
 from hdm_lightning.signals import Interrupted
 
-__all__ = ["RunSummary", "run_explain"]
+__all__ = ["Given", "RunSummary", "run_explain"]
+
+
+@dataclass
+class Given:
+    """A classifier and images given in Python (:func:`hdm_lightning.compare`) instead of ``classifier:`` and ``data:``.
+
+    A resumed run refuses another model or other images (by their digests).
+    """
+
+    classifier: Classifier
+    dataset: ItemDataset
+
+    def digests(self) -> dict[str, str]:
+        """``{what: sha256}`` of the model's weights and the images (:mod:`hdm_lightning.run.inputs`)."""
+        h = hashlib.sha256()
+        for name, t in self.classifier.model.state_dict().items():
+            h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        digest = getattr(self.dataset, "digest", None)
+        images = {"images (given in memory)": digest()} if digest is not None else {}
+        return {"model (given in memory)": h.hexdigest(), **images}
 
 
 @dataclass
@@ -87,7 +109,9 @@ class _Run:
     logged_images: int = 0
 
 
-def run_explain(cfg: DictConfig, settings: DictConfig, shard: Shard | None = None) -> RunSummary:
+def run_explain(
+    cfg: DictConfig, settings: DictConfig, shard: Shard | None = None, given: Given | None = None
+) -> RunSummary:
     """Explain every image of ``cfg.data`` with every method and write the outputs (see the module docstring).
 
     Args:
@@ -97,12 +121,13 @@ def run_explain(cfg: DictConfig, settings: DictConfig, shard: Shard | None = Non
             ``None``: one process on ``cfg.device``. The batches still to explain are dealt out in turn
             (batch ``todo[j]`` to rank ``j % world``); rank 0 writes config, manifest and tables and
             owns the W&B run; the others write their images' files only.
+        given: a classifier and images given in Python (one process), instead of ``cfg.classifier`` and ``cfg.data``.
 
     Raises:
         ConfigError, DatasetError, ValueError: a problem with the config, the data or the classifier,
             with its fix in the message (raised before any image is explained).
     """
-    run = _prepare(cfg, settings, shard if shard is not None else Shard(device=run_device(cfg.device)))
+    run = _prepare(cfg, settings, shard if shard is not None else Shard(device=run_device(cfg.device)), given)
     plan = plan_batches(run.dataset.ids, run.runs, cfg.batch_size, run.shard, run.folder)
     summary = RunSummary(folder=run.folder, skipped=plan.skipped if run.shard.is_main else 0)
     run.logger = wandb_logger(cfg, run.folder) if run.shard.is_main else None
@@ -124,13 +149,14 @@ def run_explain(cfg: DictConfig, settings: DictConfig, shard: Shard | None = Non
     return summary
 
 
-def _prepare(cfg: DictConfig, settings: DictConfig, shard: Shard) -> _Run:
+def _prepare(cfg: DictConfig, settings: DictConfig, shard: Shard, given: Given | None) -> _Run:
     """Check the folder, load the classifier and the data, build the methods and metrics, write ``config.yaml``."""
     folder = Path(cfg.output.dir)
+    digests = None if given is None else given.digests()
     if shard.is_main:  # may archive an old run; the others wait for it at the barrier below
-        check_run_folder(folder, cfg, defaults=run_defaults(cfg.method))
-    classifier = load_classifier(cfg.classifier)
-    dataset = build_dataset(cfg.data, classifier.preprocess)
+        check_run_folder(folder, cfg, defaults=run_defaults(cfg.method), given=digests)
+    classifier = load_classifier(cfg.classifier) if given is None else given.classifier
+    dataset = build_dataset(cfg.data, classifier.preprocess) if given is None else given.dataset
     _check_labels(cfg, classifier, dataset)
     classifier = explained_classifier(classifier, cfg.target)
     model = classifier.model.to(shard.device)
@@ -150,7 +176,7 @@ def _prepare(cfg: DictConfig, settings: DictConfig, shard: Shard) -> _Run:
     names = output_names(dataset.ids)
     if shard.is_main:
         folder.mkdir(parents=True, exist_ok=True)
-        write_inputs(folder, cfg)  # before config.yaml: a folder with a config has its inputs recorded
+        write_inputs(folder, cfg, digests)  # before config.yaml: a folder with a config has its inputs recorded
         atomic_write_text(OmegaConf.to_yaml(cfg), folder / "config.yaml")
     shard.barrier()  # rank 0 has checked (or archived) the folder: everyone reads the same records
     gallery_ids = set(dataset.ids[: int(cfg.evaluation.gallery)]) if len(runs) > 1 else set()

@@ -99,6 +99,8 @@ def test_custom_schedule_notebook_runs(tmp_path, monkeypatch):
     assert float(re.search(r"max \|geometric - dm\| = " + FLOAT, text).group(1)) > 0  # a different map
     for deletion, insertion in auc_rows(text, ("geometric", "dm")).values():
         assert 0 <= deletion <= 1 and 0 <= insertion <= 1
+    compared = re.search(r"max \|comparison's maps - the maps above\| = (\S+)", text)
+    assert compared and float(compared.group(1)) < 1e-6  # hl.compare's maps are hl.explain's
     assert "exit status: 0" in text
     assert re.search(r"^chelsea\s+ok\s+.*passes 8$", text, flags=re.MULTILINE), text  # the YAML run's manifest
     same = re.search(r"max \|YAML run's map - notebook's geometric map\| for chelsea: (\S+)", text)

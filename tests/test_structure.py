@@ -39,7 +39,7 @@ LAYERS: list[set[str]] = [
     {"baselines", "data"},  # baseline methods (some on the classifiers), datasets (with preprocessing)
     {"run"},  # a run: plan, batches, writer
     {"rescore", "runner", "train_prototype"},
-    {"train"},
+    {"compare", "train"},  # the Python form of a comparison run; classifier training
     {"amortised"},  # amortised masks: a predictor trained on DM's loss, registered as a method and an initialiser
     {"cli", "config_reference", "hdm_lightning"},  # entry points
 ]

@@ -16,6 +16,7 @@ from hdm_lightning.data.pairs import MaskPairDataset
 from hdm_lightning.data.photos import PhotoDataset, demo_photos
 from hdm_lightning.data.selection import DatasetSubset, select
 from hdm_lightning.data.synthetic import SHAPE_CLASSES, SyntheticShapesDataset, generate_shapes
+from hdm_lightning.data.tensors import TensorImages
 
 __all__ = [
     "DATASETS",
@@ -33,6 +34,7 @@ __all__ = [
     "MaskPairDataset",
     "PhotoDataset",
     "SyntheticShapesDataset",
+    "TensorImages",
     "available_dataset_kinds",
     "box_mask",
     "build_dataset",

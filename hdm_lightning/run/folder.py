@@ -164,7 +164,11 @@ def check_output_dir(folder: Path, key: str = "output.dir") -> None:
 
 
 def check_run_folder(
-    folder: Path, cfg: DictConfig, ignore: tuple[str, ...] = NON_RESULT_KEYS, defaults: dict | None = None
+    folder: Path,
+    cfg: DictConfig,
+    ignore: tuple[str, ...] = NON_RESULT_KEYS,
+    defaults: dict | None = None,
+    given: dict[str, str] | None = None,
 ) -> None:
     """Refuse to mix results of different configs in one folder; archive the old run if asked to.
 
@@ -175,7 +179,7 @@ def check_run_folder(
     ``cfg``'s structured type).
 
     The files the config names (checkpoints, imported modules) must hold what they held when the run began
-    (:mod:`hdm_lightning.run.inputs`).
+    (:mod:`hdm_lightning.run.inputs`), and so must a model and images ``given`` in memory (``{what: sha256}``).
 
     Raises:
         ConfigError: ``folder`` holds a run whose result-determining settings or input files differ and
@@ -221,7 +225,7 @@ def check_run_folder(
             "Choose another output.dir, or pass output.resume=false to move the old run into "
             f"{folder}/previous-<time>/ and start over.{ties}"
         )
-    check_inputs(folder, cfg)
+    check_inputs(folder, cfg, given)
 
 
 def read_records(folder: Path) -> dict[str, dict]:

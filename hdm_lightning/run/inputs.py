@@ -4,7 +4,8 @@ The config guard (:func:`hdm_lightning.run.folder.check_run_folder`) compares ke
 retrained in place under the same name would let a rerun add maps of another classifier to the folder. Each run
 therefore records, in ``inputs.json``, a SHA-256 digest of every file its config names (``classifier.checkpoint``,
 an amortised explainer's ``checkpoint`` / ``init_checkpoint``, ``init.file``) and of the source file of each module
-in ``imports:`` (custom schedules); a rerun against a changed one is refused.
+in ``imports:`` (custom schedules); a rerun against a changed one is refused. A model and images given in Python
+(:func:`hdm_lightning.compare`) are recorded the same way, by a digest of their values (path ``memory``).
 """
 
 from __future__ import annotations
@@ -52,24 +53,28 @@ def _module_file(name: str) -> str | None:
     return origin if origin and origin.endswith(".py") and Path(origin).is_file() else None
 
 
-def input_digests(cfg: DictConfig) -> dict[str, dict[str, str]]:
-    """``{what: {"path": ..., "sha256": ...}}`` for the files ``cfg`` names and its ``imports:`` modules' sources."""
+def input_digests(cfg: DictConfig, given: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
+    """``{what: {"path": ..., "sha256": ...}}`` for the files ``cfg`` names and its ``imports:`` modules' sources.
+
+    ``given``: ``{what: sha256}`` of inputs given in memory (recorded with the path ``memory``).
+    """
     files = _named_files(cfg)
     for module in cfg.get("imports") or []:
         source = _module_file(module)
         if source is not None:
             files[f"imports: {module}"] = source
-    return {what: {"path": str(path), "sha256": _digest(Path(path))} for what, path in files.items()}
+    out = {what: {"path": str(path), "sha256": _digest(Path(path))} for what, path in files.items()}
+    return out | {what: {"path": "memory", "sha256": sha} for what, sha in (given or {}).items()}
 
 
-def write_inputs(folder: Path, cfg: DictConfig) -> None:
+def write_inputs(folder: Path, cfg: DictConfig, given: dict[str, str] | None = None) -> None:
     """Record the digests of ``cfg``'s input files in ``folder/inputs.json`` (left as it is when they are the same)."""
-    digests, path = input_digests(cfg), folder / INPUTS_FILE
+    digests, path = input_digests(cfg, given), folder / INPUTS_FILE
     if not path.is_file() or json.loads(path.read_text()) != digests:
         atomic_write_json(digests, path)
 
 
-def check_inputs(folder: Path, cfg: DictConfig) -> None:
+def check_inputs(folder: Path, cfg: DictConfig, given: dict[str, str] | None = None) -> None:
     """Refuse to resume the run in ``folder`` when a file it was made from now holds something else.
 
     A folder without ``inputs.json`` (a run from before it was recorded) is not checked; a file that is gone is
@@ -82,13 +87,13 @@ def check_inputs(folder: Path, cfg: DictConfig) -> None:
     if not saved.is_file():
         return
     old = json.loads(saved.read_text())
-    for what, now in input_digests(cfg).items():
+    for what, now in input_digests(cfg, given).items():
         before = old.get(what)
         if before is None or before["path"] != now["path"] or before["sha256"] == now["sha256"]:
             continue
+        changed = "it" if now["path"] == "memory" else f"the file {now['path']!r}"
         raise ConfigError(
-            f"{what}: the file {now['path']!r} has changed since the run in {str(folder)!r} began (its content "
-            "digest differs), so resuming would mix results of two versions in one folder. Restore the file, "
-            "choose another output.dir, or pass output.resume=false to move the old run into "
-            f"{folder}/previous-<time>/ and start afresh"
+            f"{what}: {changed} has changed since the run in {str(folder)!r} began (its content digest differs), "
+            "so resuming would mix results of two versions in one folder. Restore it, choose another output "
+            f"folder, or pass output.resume=false to move the old run into {folder}/previous-<time>/ and start afresh"
         )
