@@ -179,6 +179,7 @@ def runs(tmp_path_factory):
             cache[kind, name] = Record(maps, error, fwd, bwd, method, changes(model, before), explanation, result)
         return cache[kind, name]
 
+    run.models, run.files, run.images, run.target = models, files, images, target
     return run
 
 
@@ -222,6 +223,30 @@ def test_one_call_one_result(runs, name):
             _ = result.stages
     moved = result.cpu()
     assert torch.equal(moved.maps, result.maps) and moved.method == name
+
+
+def test_every_method_compares(runs, tmp_path):
+    """``hl.compare`` runs every registered method through explain.py's runner: the maps of ``hl.explain``.
+
+    ``prototype_upsample`` needs a prototype network: the same runner runs it in tests/run/test_prototype_target.py.
+    """
+    model, names = runs.models["cnn"], [n for n in METHODS.names() if ("cnn", n) not in NOT_APPLICABLE]
+    params = {**PARAMS, "amortised": {"checkpoint": runs.files["cnn"]}}
+    methods = [{"name": n, "params": params.get(n, {})} for n in names]
+    out = hl.compare(
+        model,
+        runs.images,
+        methods,
+        ["deletion_insertion"],
+        labels=runs.target,
+        target="label",
+        batch_size=B,
+        evaluation={"steps": 5},
+    )
+    assert out.labels == names and len(out.ids) == B
+    for name in names:
+        assert torch.equal(out.maps[name], runs("cnn", name).maps), name
+        assert set(out.tables["deletion_insertion"][name]) >= {"deletion", "insertion", "deletion_p"}
 
 
 def test_explain_config_of_a_baseline_is_its_params():
