@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from hdm_lightning.amortised.train import load_explainer_config, run_explainer
 from hdm_lightning.config import ConfigError, load_run_config
 from hdm_lightning.distributed import launch
-from hdm_lightning.runner import run_explain
+from hdm_lightning.run.explain_run import run_explain
 from hdm_lightning.signals import Interrupted, stop_on_signals
 from hdm_lightning.train import run_training
 from hdm_lightning.train_config import load_train_config

@@ -28,8 +28,8 @@ from hdm_lightning.data import ItemDataset, TensorImages
 from hdm_lightning.io import load_tensors
 from hdm_lightning.models import Classifier
 from hdm_lightning.models.preprocess import Preprocess
+from hdm_lightning.run.explain_run import Given, RunSummary, run_explain
 from hdm_lightning.run.folder import read_records
-from hdm_lightning.runner import Given, RunSummary, run_explain
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Comparison", "compare"]
 

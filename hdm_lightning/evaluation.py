@@ -1,6 +1,6 @@
 """Comparing saliency methods: per-image metric values, the papers' tables, mean curves, a gallery.
 
-The runner (:mod:`hdm_lightning.runner`) computes every method's maps on the same images and target
+The runner (:mod:`hdm_lightning.run.explain_run`) computes every method's maps on the same images and target
 classes, scores them with :mod:`hdm_lightning.metrics` batch by batch, and stores each image's values in
 its record. The tables are means over those records, so they are the same whether a run went through
 in one piece, was resumed, or was spread over several processes (the per-image values of torchmetrics'

@@ -38,7 +38,7 @@ LAYERS: list[set[str]] = [
     {"distributed", "evaluation", "explainers", "models", "train_config"},  # fits, classifiers, the metric suite
     {"baselines", "data"},  # baseline methods (some on the classifiers), datasets (with preprocessing)
     {"run"},  # a run: plan, batches, writer
-    {"rescore", "runner", "train_prototype"},
+    {"rescore", "train_prototype"},
     {"compare", "train"},  # the Python form of a comparison run; classifier training
     {"amortised"},  # amortised masks: a predictor trained on DM's loss, registered as a method and an initialiser
     {"cli", "config_reference", "hdm_lightning"},  # entry points

@@ -8,7 +8,7 @@ complete whenever any part of the package is in use. To add a kind, see :mod:`hd
 from hdm_lightning.data.cub import CUBDataset, box_mask
 from hdm_lightning.data.datamodule import ExplainDataModule, Failure, load_items, make_batch
 from hdm_lightning.data.files import IMAGE_EXTENSIONS
-from hdm_lightning.data.folder import ImageFolderDataset
+from hdm_lightning.data.image_folder import ImageFolderDataset
 from hdm_lightning.data.images import ImageReadError, load_mask, load_rgb
 from hdm_lightning.data.items import DatasetError, Item, ItemDataset
 from hdm_lightning.data.kinds import DATASETS, available_dataset_kinds, build_dataset, register_dataset_kind

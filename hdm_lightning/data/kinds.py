@@ -1,7 +1,7 @@
 """The registry of dataset kinds (``data.kind`` in a config) and :func:`build_dataset`, which the runner calls.
 
 :data:`DATASETS` is the one list of dataset kinds. A kind is an :class:`~hdm_lightning.data.items.ItemDataset`
-subclass registered under its ``data.kind`` name; it lives in its own module (``photos``, ``folder``, ``cub``,
+subclass registered under its ``data.kind`` name; it lives in its own module (``photos``, ``image_folder``, ``cub``,
 ``pairs``, ``synthetic`` in this package), and :mod:`hdm_lightning.data` imports each built-in one, so they are
 registered whenever anything of the package is imported. Nothing here lists the kinds: :func:`build_dataset` looks
 ``data.kind`` up in the registry.

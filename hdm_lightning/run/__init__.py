@@ -1,1 +1,1 @@
-"""The parts of an explain run: the plan, one batch, the writer, the W&B record (joined by ``runner``)."""
+"""The parts of an explain run: the plan, one batch, the writer, the W&B record (joined by ``explain_run``)."""
