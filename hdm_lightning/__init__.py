@@ -17,10 +17,11 @@ from hdm_lightning.contract import (
     SaliencyMethod,
     available_methods,
     build_method,
+    explain,
     mask_methods,
     register_method,
 )
-from hdm_lightning.explainers import DM, HDM, MDM, Explanation, StageResult, explain
+from hdm_lightning.explainers import DM, HDM, MDM, Explanation, StageResult
 from hdm_lightning.schedules import (
     MaskSchedule,
     MaskVector,

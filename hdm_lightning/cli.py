@@ -11,13 +11,12 @@ import sys
 
 from lightning.pytorch.utilities import rank_zero_only
 
-from hdm_lightning.amortised.train import load_explainer_config, run_explainer
-from hdm_lightning.config import ConfigError, load_run_config
+from hdm_lightning.amortised.train import run_explainer
+from hdm_lightning.config import ConfigError, load_explainer_config, load_run_config, load_train_config
 from hdm_lightning.distributed import launch
 from hdm_lightning.run.explain_run import run_explain
 from hdm_lightning.signals import Interrupted, stop_on_signals
 from hdm_lightning.train import run_training
-from hdm_lightning.train_config import load_train_config
 
 __all__ = ["explain_main", "train_classifier_main", "train_explainer_main"]
 

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from hdm_lightning.config.methods import register_method_config
 from hdm_lightning.core import PassCounter, as_targets, check_images, model_device_dtype, preserved
 from hdm_lightning.masks.ops import normalize
-from hdm_lightning.method_config import register_method_config
 from hdm_lightning.registry import Registry
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "METHODS",
+    "explain",
     "Attribution",
     "RunContext",
     "SaliencyMethod",
@@ -291,3 +292,53 @@ class SaliencyMethod:
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={getattr(self, k, '?')!r}" for k in method_params(self.name)) if self.name else ""
         return f"{type(self).__name__}({params})"
+
+
+def explain(
+    model: nn.Module,
+    images: Tensor,
+    method: str = "hdm",
+    target: Tensor | int | list | Callable | None = None,
+    config=None,
+    logger=None,
+    callbacks=None,
+    work_dir: str | Path | None = None,
+) -> Attribution:
+    """Explain ``model`` on ``images`` with any registered method: ``hdm``, ``dm``, ``mdm``, ``gradcam``, ``rise``, ...
+
+    The same as ``build_method(method, model, params).explain(images, target, context)``: one path for every method.
+
+    Args:
+        model: any classifier ``nn.Module`` (kept frozen; its flags are restored afterwards).
+        images: ``[B, C, H, W]`` float tensor, normalised as ``model`` expects.
+        method: a registered method (:func:`~hdm_lightning.contract.available_methods`).
+        target: ``None`` (the predicted class), a class index or one per image; DM/HDM/MDM also take a callable
+            ``selector(model, x) -> Tensor[N]`` giving the activation to preserve.
+        config: the method's settings. DM/HDM/MDM: overrides of their structured config (a dict, DictConfig,
+            dataclass or a YAML path such as ``configs/methods/hdm_fast.yaml``). Other methods: a dict of their
+            parameters (e.g. ``{"n_masks": 2000}`` for ``rise``).
+        logger: optional Lightning logger (e.g. ``WandbLogger``) for DM/HDM/MDM's per-stage loss curves.
+        callbacks: optional Lightning callbacks passed to every fit.
+        work_dir: optional folder for DM/HDM/MDM's mid-stage checkpoints: an interrupted call repeated with the
+            same arguments continues where it stopped (same maps as an uninterrupted call).
+
+    Returns:
+        :class:`~hdm_lightning.contract.Attribution`: ``maps`` (``[B, 1, H, W]`` in ``[0, 1]`` on the images'
+        device), the cost, and for DM/HDM/MDM the full explanation (``out.stages``, ``out.weights``,
+        ``out.history``, ``out.saliency`` on the model's device).
+
+    Raises:
+        KeyError: ``method`` is not registered (the message lists the registered ones).
+        ValueError: a bad setting or an unknown parameter (the message lists the known ones).
+    """
+    if METHODS.get(method).config_class is not None:  # DM, HDM, MDM and alike: a structured config
+        params = {"config": config}
+    elif config is None or isinstance(config, dict):
+        params = dict(config or {})
+    else:
+        raise ValueError(
+            f"config for {method!r} is the dict of its parameters ({list(method_params(method))}); a YAML or "
+            "structured config sets DM, HDM or MDM only"
+        )
+    context = RunContext(logger=logger, callbacks=list(callbacks or []), work_dir=work_dir)
+    return build_method(method, model, params).explain(images, target, context)

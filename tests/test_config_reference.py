@@ -9,8 +9,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from hdm_lightning import config as C
-from hdm_lightning.config_reference import BEGIN, DOC, END, UndocumentedKeyError, keys, reference, update_reference
-from hdm_lightning.train_config import TrainClassifierConfig
+from hdm_lightning.config import TrainClassifierConfig
+from hdm_lightning.config.reference import BEGIN, DOC, END, UndocumentedKeyError, keys, reference, update_reference
 
 DOC_FILE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
@@ -28,7 +28,7 @@ def leaves(cfg, prefix=""):
 def test_docs_hold_the_current_reference():
     assert DOC == DOC_FILE  # the module's default target is the repository's docs/configuration.md
     assert update_reference(DOC_FILE), (
-        "docs/configuration.md's config reference is out of date: run python -m hdm_lightning.config_reference --write"
+        "docs/configuration.md's config reference is out of date: run python -m hdm_lightning.config.reference --write"
     )
 
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from hdm_lightning.cli import explain_main, train_classifier_main
+from hdm_lightning.config import InitConfig, load_train_config
 from hdm_lightning.data import build_dataset
 from hdm_lightning.models import build_backbone, load_classifier_checkpoint
 from hdm_lightning.models.lightning_classifier import initial_backbone, transfer_weights
 from hdm_lightning.models.prototype import PrototypeNet
 from hdm_lightning.models.small_cnn import small_cnn_preprocess
-from hdm_lightning.train_config import InitConfig, load_train_config
 from tests.fixtures import make_cub_tree, make_folder_tree
 
 REPO = Path(__file__).resolve().parents[1]
@@ -226,7 +226,7 @@ def test_head_is_replaced_for_the_papers_backbones(name):
     ids=lambda p: p.name,
 )
 def test_every_shipped_classifier_config_loads(path):
-    from hdm_lightning.train_config import load_train_config
+    from hdm_lightning.config import load_train_config
 
     cfg = load_train_config(path, [])
     assert cfg.backbone and cfg.trainer.max_epochs >= 1

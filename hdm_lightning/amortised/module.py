@@ -20,12 +20,11 @@ from torch import Tensor, nn
 
 from hdm_lightning.amortised.explainer import AmortisedExplainer, predicted_vectors
 from hdm_lightning.amortised.predictor import FeatureTap, MaskPredictor
+from hdm_lightning.config.explainer import TARGETS
 from hdm_lightning.masks.ops import Threshold, dm_row_loss, upsample, vector_mask
 from hdm_lightning.models.lightning_classifier import cosine_with_warmup
 
 __all__ = ["TARGETS", "AmortisedMaskModule", "predictor_loss"]
-
-TARGETS = ("predicted", "label", "random", "mixed")
 
 
 def predictor_loss(

@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hdm_lightning.baselines.layers import default_target_layer, module_path, reshape_for, resolve_module
+from hdm_lightning.config.explainer import OUTPUTS
 
 __all__ = ["OUTPUTS", "FeatureTap", "MaskPredictor", "resample"]
 
-OUTPUTS = ("clamp", "sigmoid", "stretched")
 STRETCH = 0.1  # the stretched sigmoid spans (-0.1, 1.1) before the projection onto [0, 1]
 
 

@@ -14,156 +14,43 @@ Same conventions as ``train_classifier.py``. Run folder (``output.dir``)::
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from hdm_lightning.allocator import retain_freed_memory
 from hdm_lightning.amortised.explainer import benchmark_vectors
-from hdm_lightning.amortised.module import TARGETS, AmortisedMaskModule
-from hdm_lightning.amortised.predictor import OUTPUTS, FeatureTap
-from hdm_lightning.config import (
-    WANDB_MODES,
-    ClassifierConfig,
-    ConfigError,
-    DataConfig,
-    OutputConfig,
-    WandbConfig,
-    choice,
-    find_preset,
-    load_layers,
-    run_imports,
-)
+from hdm_lightning.amortised.module import AmortisedMaskModule
+from hdm_lightning.amortised.predictor import FeatureTap
+from hdm_lightning.config.explainer import register_explainer_check
 from hdm_lightning.data.training import ClassifierDataModule
+from hdm_lightning.errors import ConfigError
 from hdm_lightning.io import atomic_write_text
-from hdm_lightning.method_config import METHOD_CONFIGS, method_config
 from hdm_lightning.models import check_num_classes, load_classifier
 from hdm_lightning.run.folder import TRAINING_NON_RESULT_KEYS, check_run_folder
 from hdm_lightning.run.inputs import write_inputs
 from hdm_lightning.train import build_trainer
-from hdm_lightning.train_config import AUGMENTS, TrainerRunConfig
 
-__all__ = ["ExplainerOptimConfig", "PredictorConfig", "TrainExplainerConfig", "load_explainer_config", "run_explainer"]
-
-
-@dataclass
-class PredictorConfig:
-    """The mask predictor (:class:`hdm_lightning.amortised.MaskPredictor`)."""
-
-    layer: str | None = None  # the classifier layer it reads (dotted path); null: the layer Grad-CAM uses
-    skips: list[str] = field(default_factory=list)  # earlier (finer) layers it also reads, e.g. [features.1]
-    # also predict DM's auxiliary levels c_j^k(i) (Eq. 7-8; sizes for the classifier's input size), so the map
-    # combines every vector DM's does; false: the benchmark vectors d_i only
-    levels: bool = False
-    hidden: int = 64  # channels of its layers
-    tau: float = 0.5  # its output before training (DM's initial mask value)
-    # sigmoid | clamp (DM's projection onto [0, 1], gradient passed straight through) | stretched (a sigmoid
-    # stretched to (-0.1, 1.1), then projected: exact zeros as in DM)
-    output: str = "sigmoid"
+__all__ = ["check_explainer_settings", "run_explainer"]
 
 
-@dataclass
-class ExplainerOptimConfig:
-    """AdamW with a cosine decay over the epochs after a linear warm-up."""
-
-    lr: float = 3e-3  # peak learning rate
-    weight_decay: float = 1e-4  # decoupled weight decay
-    warmup_epochs: int = 0  # linear warm-up epochs before the cosine decay
-    # eta (L_R's weight) ramps from 0 to its value over these epochs: the masks learn to keep the class before they
-    # shrink (from eta's full value at once the predictor ends with near-empty masks on most images)
-    reg_warmup_epochs: float = 5.0
-
-
-@dataclass
-class TrainExplainerConfig:
-    """``python train_explainer.py --config <yaml> [key=value ...]``: train a mask predictor on the DM loss."""
-
-    imports: list[str] = field(default_factory=list)  # modules imported first (user backbones); runs their code
-    # the DM settings whose benchmark vectors are predicted: a dm/hdm method preset (configs/methods/), relative to
-    # this config file; null: the dm defaults
-    preset: str | None = None
-    explainer: dict[str, Any] = field(default_factory=dict)  # overrides of the preset (schedule, threshold, upsample)
-    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)  # the classifier to explain (frozen)
-    predictor: PredictorConfig = field(default_factory=PredictorConfig)
-    # the class each training image is explained for: predicted | label | random | mixed (half predicted, half
-    # random: with predicted alone the class embedding is never asked for another class's map)
-    target: str = "predicted"
-    augment: str = "flip"  # standard (random resized crop + flip) | flip | none
-    train_split: str = "train"  # data.split used for training
-    val_split: str = "test"  # ... and for validation (CUB has train/test; synthetic train/val/test)
-    val_fraction: float = 0.1  # image folders without train/ and val/ sub-folders: share held out
-    val_limit: int | None = None  # validate on the first N images of the validation split only
-    batch_size: int = 32  # images per step (per process under DDP); each gives one masked image per vector
-    num_workers: int = 0  # DataLoader worker processes
-    seed: int = 0  # seed of the predictor's init, the split and the shuffling
-    optim: ExplainerOptimConfig = field(default_factory=ExplainerOptimConfig)
-    trainer: TrainerRunConfig = field(default_factory=lambda: TrainerRunConfig(max_epochs=20))
-    data: DataConfig = field(default_factory=lambda: DataConfig(kind="cub"))
-    output: OutputConfig = field(default_factory=lambda: OutputConfig(dir="outputs/explainer"))
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-
-
-def load_explainer_config(path: str | Path | None, overrides: list[str] | None = None) -> DictConfig:
-    """Load a ``train_explainer.py`` config (schema <- YAML <- overrides), run its imports, check its values.
-
-    ``explainer`` is resolved to the full DM settings (preset + overrides) and ``preset`` made absolute.
-
-    Raises:
-        ConfigError: missing or unparsable file, unknown key, wrong type, malformed override, bad value.
-    """
-    cfg = load_layers(TrainExplainerConfig, path, overrides)
-    folder = Path(path).resolve().parent if path is not None else Path.cwd()
-    run_imports(list(cfg.imports))
-    choice(cfg.target, TARGETS, "target")
-    choice(cfg.augment, AUGMENTS, "augment")
-    choice(cfg.wandb.mode, WANDB_MODES, "wandb.mode")
-    choice(cfg.predictor.output, OUTPUTS, "predictor.output")
-    if cfg.batch_size < 1 or cfg.trainer.max_epochs < 1:
-        raise ConfigError(
-            f"batch_size and trainer.max_epochs must be >= 1, got {cfg.batch_size}, {cfg.trainer.max_epochs}"
+def check_explainer_settings(cfg: DictConfig, settings: DictConfig) -> None:
+    """What a predictor needs of its DM settings (registered with :func:`register_explainer_check`)."""
+    benchmark_vectors(OmegaConf.to_container(settings.schedule))
+    if cfg.predictor.levels and settings.aux_reference != "original":
+        raise ValueError(
+            f"predictor.levels needs aux_reference: original (Eq. 8), got {settings.aux_reference!r}: the "
+            "predictor has no fitted guide activation to match"
         )
-    if cfg.optim.lr <= 0 or cfg.predictor.hidden < 1 or not 0.0 < cfg.predictor.tau < 1.0:
-        raise ConfigError(
-            f"optim.lr must be > 0, predictor.hidden >= 1 and predictor.tau in (0, 1); got {cfg.optim.lr}, "
-            f"{cfg.predictor.hidden}, {cfg.predictor.tau}"
-        )
-    method, settings = "dm", method_config("dm")
-    if cfg.preset is not None:
-        found = find_preset(cfg.preset, folder)
-        cfg.preset = str(found.resolve())
-        method = OmegaConf.load(found).get("method", "dm")
-        if method not in ("dm", "hdm"):
-            raise ConfigError(f"preset {cfg.preset!r} is for {method!r}: the amortised explainer needs a dm or hdm one")
-        try:
-            settings = method_config(method, found)
-        except ValueError as e:
-            raise ConfigError(f"preset {str(found)!r}: {e}") from None
-    try:
-        settings = OmegaConf.merge(
-            OmegaConf.structured(METHOD_CONFIGS[method]), OmegaConf.to_container(settings), cfg.explainer
-        )
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None)
-        raise ConfigError(f"bad config key 'explainer.{key}': {str(e).splitlines()[0]}") from None
-    try:
-        benchmark_vectors(OmegaConf.to_container(settings.schedule))
-        if cfg.predictor.levels and settings.aux_reference != "original":
-            raise ValueError(
-                f"predictor.levels needs aux_reference: original (Eq. 8), got {settings.aux_reference!r}: the "
-                "predictor has no fitted guide activation to match"
-            )
-        if settings.threshold.kind != "quantile":
-            raise ValueError(f"threshold.kind must be quantile for DM maps, got {settings.threshold.kind!r}")
-    except ValueError as e:
-        raise ConfigError(f"explainer settings: {e}") from None
-    cfg.explainer = OmegaConf.to_container(settings)
-    return cfg
+    if settings.threshold.kind != "quantile":
+        raise ValueError(f"threshold.kind must be quantile for DM maps, got {settings.threshold.kind!r}")
+
+
+register_explainer_check(check_explainer_settings)
 
 
 @dataclass

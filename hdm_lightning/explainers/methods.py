@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from pathlib import Path
 from typing import ClassVar
 
 import lightning as L
@@ -24,13 +23,10 @@ from torch import Tensor, nn
 from hdm_lightning.allocator import retain_freed_memory
 from hdm_lightning.callbacks.checkpoint import WorkStore
 from hdm_lightning.config import DMConfig, HDMConfig, MDMConfig, method_config
+from hdm_lightning.config.methods import check_init
 from hdm_lightning.contract import (
-    METHODS,
-    Attribution,
     RunContext,
     SaliencyMethod,
-    build_method,
-    method_params,
     register_method,
 )
 from hdm_lightning.core import PassCounter, frozen
@@ -50,10 +46,9 @@ from hdm_lightning.masks.ops import (
     hierarchical_masked_image,
     mdm_combine_threshold,
 )
-from hdm_lightning.method_config import check_init
 from hdm_lightning.schedules.base import build_schedule
 
-__all__ = ["DM", "HDM", "MDM", "explain"]
+__all__ = ["DM", "HDM", "MDM"]
 
 
 class _MaskMethod(SaliencyMethod):
@@ -81,26 +76,32 @@ class _MaskMethod(SaliencyMethod):
         """
         if cfg.upsample not in UPSAMPLE_MODES:
             raise ValueError(f"upsample must be one of {list(UPSAMPLE_MODES)}, got {cfg.upsample!r}")
-        if cfg.get("aux_reference", "original") not in AUX_REFERENCES:
-            raise ValueError(f"aux_reference must be one of {list(AUX_REFERENCES)}, got {cfg.aux_reference!r}")
+        init, init_checkpoint, aux_reference = cls.start(cfg)
+        if aux_reference not in AUX_REFERENCES:
+            raise ValueError(f"aux_reference must be one of {list(AUX_REFERENCES)}, got {aux_reference!r}")
         if not 0.0 <= float(cfg.tau) <= 1.0:
             raise ValueError(f"tau (initial mask value) must be in [0, 1], got {cfg.tau!r}")
         threshold = Threshold(cfg.threshold.kind, float(cfg.threshold.value))
         schedule = build_schedule(cfg.schedule.name, OmegaConf.to_container(cfg.schedule.params))
         es = cfg.early_stop
         early = EarlyStop(es.min_steps, es.patience, es.min_delta) if es.enabled else None
-        check_init(cfg.get("init", "tau"), cfg.get("init_checkpoint"))
+        check_init(init, init_checkpoint)
         check_restarts(cfg.restarts, cfg.restart_noise)
-        if cfg.get("init", "tau") != "amortised" and schedule.plan(10**6, 10**6)[0].steps == 0:
+        if init != "amortised" and schedule.plan(10**6, 10**6)[0].steps == 0:
             raise ValueError(
                 f"schedule {cfg.schedule.name!r} has 0 steps for its first vectors: they would stay at tau "
                 f"({cfg.tau}). Set epochs >= 1, or start them from a predictor (init: amortised, init_checkpoint: ...)"
             )
         return threshold, schedule, early, mask_optim(cfg.optim)
 
+    @classmethod
+    def start(cls, cfg) -> tuple[str, str | None, str]:
+        """``(init, init_checkpoint, aux_reference)`` of DM and HDM (MDM has neither guides nor a predictor)."""
+        return cfg.init, cfg.init_checkpoint, cfg.aux_reference
+
     def _initializer(self, cfg):
         """The registered initialiser whose vectors start the fits (e.g. ``init: amortised``), else ``None``."""
-        init = cfg.get("init", "tau")
+        init = self.start(cfg)[0]
         return None if init == "tau" else build_initializer(init, cfg, self.schedule, self.name)
 
     def run(self, images: Tensor, target: Target, context: RunContext) -> tuple[Tensor, Explanation]:
@@ -199,7 +200,7 @@ class _MaskMethod(SaliencyMethod):
             self.schedule,
             tau=float(self.cfg.tau),
             upsample_mode=self.cfg.upsample,
-            aux_reference=getattr(self.cfg, "aux_reference", "original"),
+            aux_reference=self.start(self.cfg)[2],
             early_stop=self.early,
             settings=settings,
             prefix=prefix,
@@ -268,6 +269,10 @@ class MDM(_MaskMethod):
     """
 
     config_class: ClassVar[type] = MDMConfig
+
+    @classmethod
+    def start(cls, cfg) -> tuple[str, None, str]:  # noqa: D102
+        return "tau", None, "original"  # every mask starts at tau; no auxiliary vectors to guide
 
 
 @register_method("hdm")
@@ -344,54 +349,3 @@ class HDM(_MaskMethod):
             spread=spread,
             agreement=agreement,
         )
-
-
-def explain(
-    model: nn.Module,
-    images: Tensor,
-    method: str = "hdm",
-    target: Target = None,
-    config=None,
-    logger=None,
-    callbacks=None,
-    work_dir: str | Path | None = None,
-) -> Attribution:
-    """Explain ``model`` on ``images`` with any registered method: ``hdm``, ``dm``, ``mdm``, ``gradcam``, ``rise``, ...
-
-    The same as ``build_method(method, model, params).explain(images, target, context)``: one path for every method.
-
-    Args:
-        model: any classifier ``nn.Module`` (kept frozen; its flags are restored afterwards).
-        images: ``[B, C, H, W]`` float tensor, normalised as ``model`` expects.
-        method: a registered method (:func:`~hdm_lightning.contract.available_methods`).
-        target: ``None`` (the predicted class), a class index or one per image; DM/HDM/MDM also take a callable
-            ``selector(model, x) -> Tensor[N]`` giving the activation to preserve.
-        config: the method's settings. DM/HDM/MDM: overrides of their structured config (a dict, DictConfig,
-            dataclass or a YAML path such as ``configs/methods/hdm_fast.yaml``). Other methods: a dict of their
-            parameters (e.g. ``{"n_masks": 2000}`` for ``rise``).
-        logger: optional Lightning logger (e.g. ``WandbLogger``) for DM/HDM/MDM's per-stage loss curves.
-        callbacks: optional Lightning callbacks passed to every fit.
-        work_dir: optional folder for DM/HDM/MDM's mid-stage checkpoints: an interrupted call repeated with the
-            same arguments continues where it stopped (same maps as an uninterrupted call).
-
-    Returns:
-        :class:`~hdm_lightning.contract.Attribution`: ``maps`` (``[B, 1, H, W]`` in ``[0, 1]`` on the images'
-        device), the cost, and for DM/HDM/MDM the full explanation (``out.stages``, ``out.weights``,
-        ``out.history``, ``out.saliency`` on the model's device).
-
-    Raises:
-        KeyError: ``method`` is not registered (the message lists the registered ones).
-        ValueError: a bad setting or an unknown parameter (the message lists the known ones).
-    """
-    cls = METHODS.get(method)
-    if issubclass(cls, _MaskMethod):
-        params = {"config": config}
-    elif config is None or isinstance(config, dict):
-        params = dict(config or {})
-    else:
-        raise ValueError(
-            f"config for {method!r} is the dict of its parameters ({list(method_params(method))}); a YAML or "
-            "structured config sets DM, HDM or MDM only"
-        )
-    context = RunContext(logger=logger, callbacks=list(callbacks or []), work_dir=work_dir)
-    return build_method(method, model, params).explain(images, target, context)

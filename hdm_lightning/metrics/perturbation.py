@@ -32,6 +32,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
+from hdm_lightning.config.run import DEFAULT_TIES, EARLIER_TIES, TIES
+
 __all__ = [
     "BASELINES",
     "TIES",
@@ -55,10 +57,7 @@ __all__ = [
 ]
 
 BASELINES = ("zero", "mean", "blur", "black")
-TIES = ("raster", "shuffled")
 TIE_SEED = 0  # the one pixel order of ``ties="shuffled"``: the same for every image, run and batch
-DEFAULT_TIES = "shuffled"  # every rank-based family's default (``evaluation.ties``)
-EARLIER_TIES = "raster"  # the order of run folders whose config.yaml predates ``evaluation.ties``
 
 
 def check_ties(ties: Any, family: str) -> str:

@@ -18,8 +18,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from hdm_lightning.config import ConfigError
+from hdm_lightning.config.methods import config_leaves
 from hdm_lightning.io import atomic_write_json
-from hdm_lightning.method_config import config_leaves
 
 __all__ = ["INPUTS_FILE", "check_inputs", "input_digests", "write_inputs"]
 

@@ -22,8 +22,8 @@ from hdm_lightning.amortised import (
 )
 from hdm_lightning.amortised.explainer import benchmark_vectors, predicted_vectors
 from hdm_lightning.amortised.module import guide
-from hdm_lightning.amortised.train import load_explainer_config
 from hdm_lightning.cli import explain_main, train_classifier_main, train_explainer_main
+from hdm_lightning.config import load_explainer_config
 from hdm_lightning.data.synthetic import generate_shapes
 from hdm_lightning.explainers.engine import ScheduleOutcome, combine
 from hdm_lightning.explainers.modules import MaskStageModule

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from hdm_lightning.config import ConfigError
+from hdm_lightning.config import ConfigError, load_train_config
 from hdm_lightning.models import load_classifier_checkpoint, save_classifier_checkpoint
 from hdm_lightning.models.backbones import build_backbone
 from hdm_lightning.models.preprocess import Preprocess
@@ -20,7 +20,6 @@ from hdm_lightning.models.prototype import (
     prototype_loss,
     push_prototypes,
 )
-from hdm_lightning.train_config import load_train_config
 
 HEAD = {"kind": "prototype", "prototypes_per_class": 2, "prototype_shape": [5, 1, 1]}
 

@@ -7,17 +7,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from hdm_lightning.config import (
-    WANDB_MODES,
-    ConfigError,
-    DataConfig,
-    OutputConfig,
-    PreprocessConfig,
-    WandbConfig,
-    choice,
-    load_layers,
-    run_imports,
-)
+from hdm_lightning.config.layers import choice, load_layers, run_imports
+from hdm_lightning.config.run import WANDB_MODES, DataConfig, OutputConfig, PreprocessConfig, WandbConfig
+from hdm_lightning.errors import ConfigError
 
 __all__ = [
     "InitConfig",
@@ -27,6 +19,7 @@ __all__ = [
     "TrainClassifierConfig",
     "TrainerRunConfig",
     "load_train_config",
+    "AUGMENTS",
 ]
 
 

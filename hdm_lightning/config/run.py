@@ -1,74 +1,46 @@
-"""Run configs of ``explain.py`` (OmegaConf dataclasses) and their loading.
+"""The run config of ``explain.py`` (OmegaConf dataclasses) and its loading.
 
-The method settings' schemas are in :mod:`hdm_lightning.method_config` (re-exported here); the classifier-training
-config is in :mod:`hdm_lightning.train_config`.
-
-Unknown keys and wrongly typed values are rejected with the key's name; every error is a :class:`ConfigError`
-whose message names the fix.
+Unknown keys and wrongly typed values are rejected with the key's name; every value is checked here, when the config
+is loaded; every error is a :class:`ConfigError` whose message names the fix.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import OmegaConf
 
-from hdm_lightning.bounds import check_sizes
+from hdm_lightning.config.layers import choice, load_layers, method_settings, run_imports
+from hdm_lightning.config.methods import METHOD_CONFIGS
 from hdm_lightning.errors import ConfigError
-from hdm_lightning.method_config import (
-    CONFIG_CHECKS,
-    METHOD_CONFIGS,
-    DMConfig,
-    EarlyStopConfig,
-    EngineConfig,
-    HDMConfig,
-    MaskOptimConfig,
-    MDMConfig,
-    MixingConfig,
-    ScheduleConfig,
-    ThresholdConfig,
-    check_finite,
-    load_preset,
-    method_config,
-    register_method_config,
-)
-from hdm_lightning.metrics.perturbation import TIES
 from hdm_lightning.targets import parse_target
 
 __all__ = [
-    "METHOD_CONFIGS",
+    "DEFAULT_TIES",
+    "EARLIER_TIES",
+    "TIES",
+    "WANDB_MODES",
     "ClassifierConfig",
-    "ConfigError",
-    "DMConfig",
     "DataConfig",
-    "EarlyStopConfig",
-    "EngineConfig",
     "EvaluationConfig",
     "ExplainRunConfig",
-    "HDMConfig",
-    "MDMConfig",
-    "MaskOptimConfig",
-    "MixingConfig",
+    "MethodEntry",
     "OutputConfig",
     "PreprocessConfig",
-    "ScheduleConfig",
+    "ProcessesConfig",
     "SyntheticConfig",
-    "ThresholdConfig",
     "WandbConfig",
-    "choice",
-    "load_layers",
-    "load_preset",
     "load_run_config",
-    "method_config",
-    "parse_overrides",
-    "register_method_config",
     "run_defaults",
-    "run_imports",
 ]
+
+TIES = ("raster", "shuffled")
+"""Orders of equal saliency values in every rank-based metric family (``evaluation.ties``)."""
+DEFAULT_TIES = "shuffled"  # every rank-based family's default (``evaluation.ties``)
+EARLIER_TIES = "raster"  # the order of run folders whose config.yaml predates ``evaluation.ties``
+WANDB_MODES = ("offline", "online", "disabled")
 
 
 @dataclass
@@ -187,7 +159,7 @@ class EvaluationConfig:
     # order of equal saliency values in every rank-based family (deletion/insertion, ROAD, Drop/Increase, pointing,
     # segmentation): shuffled (one fixed pseudo-random order, the same for every image) | raster (row by row: ranks
     # a sparse map's zeros from the top rows down)
-    ties: str = "shuffled"
+    ties: str = DEFAULT_TIES
     segmentation_percents: list[int] = field(default_factory=lambda: list(range(70, 100)))  # binarising percentiles
     gallery: int = 16  # images shown side by side with every method's map (HDM paper Fig. 4)
     stability_noise: list[float] = field(default_factory=lambda: [1e-6, 1e-3])  # stability: reruns on x + eps*N(0,1)
@@ -238,46 +210,6 @@ class ExplainRunConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
 
-WANDB_MODES = ("offline", "online", "disabled")
-
-
-def _config_error(e: OmegaConfBaseException, where: str) -> ConfigError:
-    key = getattr(e, "full_key", None) or getattr(e, "key", None)
-    msg = str(e).splitlines()[0]
-    if key:
-        return ConfigError(f"{where}: bad config key {key!r}: {msg}")
-    return ConfigError(f"{where}: {msg}")
-
-
-def parse_overrides(overrides: list[str]) -> DictConfig:
-    """``["a.b=1", "c=[x,y]"]`` -> a DictConfig; a malformed item is a :class:`ConfigError` that shows the form."""
-    for item in overrides:
-        key = item.split("=", 1)[0]
-        if "=" not in item or not key or key != key.strip() or " " in key:
-            raise ConfigError(
-                f"malformed override {item!r}: write key=value with a dotted key, e.g. batch_size=2 or "
-                "data.root=/path/to/CUB_200_2011"
-            )
-    try:
-        return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"malformed override in {list(overrides)}: {str(e).splitlines()[0]}") from None
-    except Exception as e:  # the YAML value parser
-        raise ConfigError(f"malformed override value in {list(overrides)}: {e}") from None
-
-
-def run_imports(modules: list[str]) -> None:
-    """Import the config's ``imports:`` (user plugins registering schedules). This runs their code."""
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError as e:
-            raise ConfigError(
-                f"cannot import {name!r} listed in imports: {e}. Put the module on PYTHONPATH (or install it) and "
-                "check the spelling"
-            ) from None
-
-
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None, values=None) -> tuple:
     """Load an explain-run config: schema <- YAML <- ``values`` <- ``key=value`` overrides; imports; method settings.
 
@@ -315,25 +247,8 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None,
             f"trainer.num_nodes={cfg.trainer.num_nodes} processes need one each: use device=cuda (process i "
             "takes cuda:<local rank i>) or device=cpu, or limit the GPUs with CUDA_VISIBLE_DEVICES"
         )
-    settings = method_config(cfg.method)
-    if cfg.preset is not None:
-        found = find_preset(cfg.preset, folder)
-        cfg.preset = str(found.resolve())
-        try:
-            settings = method_config(cfg.method, found)
-        except ValueError as e:
-            raise ConfigError(f"preset {str(found)!r}: {e}") from None
-    try:
-        schema = OmegaConf.structured(METHOD_CONFIGS[cfg.method])
-        settings = OmegaConf.merge(schema, OmegaConf.to_container(settings), OmegaConf.to_container(cfg.explainer))
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None)
-        raise ConfigError(f"bad config key 'explainer.{key}': {str(e).splitlines()[0]}") from None
+    settings, cfg.preset = method_settings(cfg.method, cfg.preset, cfg.explainer, folder)
     cfg.explainer = OmegaConf.to_container(settings)
-    try:  # schedule name and parameters, thresholds, ...: checked now, before any data or model is loaded
-        CONFIG_CHECKS[cfg.method](settings)
-    except (ValueError, KeyError) as e:
-        raise ConfigError(f"explainer settings: {e.args[0] if isinstance(e, KeyError) else e}") from None
     return cfg, settings
 
 
@@ -342,59 +257,3 @@ def run_defaults(method: str) -> dict:
     defaults = OmegaConf.to_container(OmegaConf.structured(ExplainRunConfig))
     defaults["explainer"] = OmegaConf.to_container(OmegaConf.structured(METHOD_CONFIGS[method]))
     return defaults
-
-
-def find_preset(preset: str, folder: Path) -> Path:
-    """A ``preset:`` path: absolute, or relative to the config file's ``folder``, else to the working directory.
-
-    Raises:
-        ConfigError: no such file (the message lists where it looked).
-    """
-    path = Path(preset)
-    candidates = [path] if path.is_absolute() else [folder / path, Path.cwd() / path]
-    found = next((p for p in candidates if p.is_file()), None)
-    if found is None:
-        raise ConfigError(f"preset {preset!r} not found (looked in {[str(p) for p in candidates]})")
-    return found
-
-
-def load_layers(schema: type, path: str | Path | None, overrides: list[str] | None, values=None) -> DictConfig:
-    """Schema <- YAML file <- ``values`` (a mapping) <- ``key=value`` overrides; errors name the file or the key."""
-    cfg = OmegaConf.structured(schema)
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} not found: pass --config configs/<name>.yaml")
-        try:
-            layer = OmegaConf.load(path)
-        except Exception as e:
-            raise ConfigError(f"cannot parse config file {str(path)!r}: {e}") from None
-        if not isinstance(layer, DictConfig):
-            raise ConfigError(
-                f"config file {str(path)!r} must hold a mapping of settings (key: value lines), not a list: remove "
-                "the leading '- ' of its top-level items (see configs/tiny.yaml)"
-            )
-        try:
-            cfg = OmegaConf.merge(cfg, layer)
-        except OmegaConfBaseException as e:
-            raise _config_error(e, str(path)) from None
-    try:
-        cfg = OmegaConf.merge(cfg, values or {})
-    except OmegaConfBaseException as e:
-        raise _config_error(e, "the settings given") from None
-    try:
-        cfg = OmegaConf.merge(cfg, parse_overrides(list(overrides or [])))
-    except OmegaConfBaseException as e:
-        raise _config_error(e, "command-line override") from None
-    try:
-        check_finite(cfg)
-        check_sizes(cfg)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    return cfg
-
-
-def choice(value: str, valid: tuple[str, ...], key: str) -> None:
-    """Refuse a ``key`` whose ``value`` is not one of ``valid`` (a ConfigError naming them)."""
-    if value not in valid:
-        raise ConfigError(f"{key} must be one of {list(valid)}, got {value!r}")
