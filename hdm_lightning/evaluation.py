@@ -18,7 +18,9 @@ import csv
 import io
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,7 @@ from hdm_lightning.tables import COST_COLUMNS, TableStats, write_tables
 
 __all__ = [
     "COST_COLUMNS",
+    "Evaluation",
     "MetricSuite",
     "TableStats",
     "column_key",
@@ -45,28 +48,60 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """A run's ``evaluation`` section, built once: what the metric suite, the tables and the curves receive.
+
+    Attributes:
+        families: the metric families to compute (``evaluation.metrics``), registered names.
+        params: each family's keyword arguments (its ``from_evaluation``, then ``evaluation.params.<family>``), for
+            ``families`` and for every family that draws curves (a re-scored folder may hold others' curves).
+        batch_size: perturbed images per forward pass of the model-based families.
+        stats: the tables' intervals and tests.
+        gallery: images shown side by side with every method's map.
+    """
+
+    families: tuple[str, ...] = ()
+    params: Mapping[str, dict] = field(default_factory=dict)
+    batch_size: int = 64
+    stats: TableStats = field(default_factory=TableStats)
+    gallery: int = 16
+
+    @classmethod
+    def from_config(cls, evaluation, families: Sequence[str] | None = None) -> Evaluation:
+        """Build from the ``evaluation`` section (``families``: others than its ``metrics``).
+
+        Raises:
+            ValueError: an unknown family, bad ``evaluation.params``, or a bad value of a family's settings.
+        """
+        families = list(evaluation.metrics if families is None else families)
+        unknown = [f for f in families if f not in METRICS]
+        if unknown:
+            raise ValueError(f"unknown metric families {unknown}: use any of {METRICS.names()}")
+        params = family_params(families, evaluation)
+        for name in {curve_family(c).family for c in curve_labels()} - set(families):
+            with suppress(ValueError, AttributeError):  # a family this run does not compute: for its curves' axes
+                params[name] = family_params([name], evaluation)[name]
+        batch, gallery = int(getattr(evaluation, "batch_size", 64)), int(getattr(evaluation, "gallery", 16))
+        return cls(tuple(families), params, batch, TableStats.from_evaluation(evaluation), gallery)
+
+
 class MetricSuite:
     """The requested metric families: those scoring every image, those needing a mask, those rerunning the method.
 
     Args:
         model: the classifier (model-based metrics score perturbed images with it).
-        families: registered family names (:data:`hdm_lightning.metrics.METRICS`).
-        evaluation: the run's ``evaluation`` config: each family's ``from_evaluation(evaluation)``, with
-            ``evaluation.params.<family>`` over it, gives its keyword arguments; ``batch_size`` the model-based
-            families' perturbed images per forward.
+        evaluation: the families, their keyword arguments and the batch size (:class:`Evaluation`).
         mean: the classifier's normalisation mean (for "black" = 0 in raw pixels).
         std: its std.
     """
 
-    def __init__(self, model, families: Sequence[str], evaluation, mean, std) -> None:
-        unknown = [f for f in families if f not in METRICS]
-        if unknown:
-            raise ValueError(f"unknown metric families {unknown}: use any of {METRICS.names()}")
-        params = family_params(families, evaluation)
+    def __init__(self, model, evaluation: Evaluation, mean, std) -> None:
+        families, params = list(evaluation.families), evaluation.params
         classes = {f: METRICS.get(f) for f in families}
         plain = [f for f in families if not classes[f].requires_method and not classes[f].requires_mask]
         masked = [f for f in families if not classes[f].requires_method and classes[f].requires_mask]
-        batch_size = int(evaluation.batch_size)
+        batch_size = evaluation.batch_size
 
         def build(names):
             if not names:
@@ -194,23 +229,13 @@ def mean_curves(records: dict[str, list[dict]]) -> dict[str, dict[str, list[floa
     return curves
 
 
-def _curve_params(cls, evaluation) -> dict:
-    """The family's settings in the run (``{}`` without an ``evaluation`` section or when they do not resolve)."""
-    if evaluation is None:
-        return {}
-    try:
-        return family_params([cls.family], evaluation)[cls.family]
-    except (ValueError, AttributeError):
-        return {}
-
-
-def write_curves(folder: Path, records: dict[str, list[dict]], evaluation=None) -> list[Path]:
+def write_curves(folder: Path, records: dict[str, list[dict]], evaluation: Evaluation | None = None) -> list[Path]:
     """Mean curves per method (deletion and insertion: HDM paper Fig. 6): ``curves/<kind>.png`` and ``.csv``.
 
     The curves are the families' ``curves`` (``<kind>_curve``), each drawn on its family's axes
     (:meth:`~hdm_lightning.metrics.family.MetricFamily.curve_axis`: x a fraction — of the pixels, of the layers —
-    and the quantity on y; ``evaluation``, the run's config section, gives the families' settings, e.g. ROAD's
-    percents); the legend gives each method's mean of the curve over the x range (the AUC).
+    and the quantity on y; ``evaluation`` gives the families' settings, e.g. ROAD's percents); the legend gives
+    each method's mean of the curve over the x range (the AUC).
     """
     import matplotlib
 
@@ -221,7 +246,7 @@ def write_curves(folder: Path, records: dict[str, list[dict]], evaluation=None) 
     for name, per_method in mean_curves(records).items():
         kind = name.removesuffix("_curve")
         cls = curve_family(name)
-        params = _curve_params(cls, evaluation)
+        params = evaluation.params.get(cls.family, {}) if evaluation is not None else {}
         xs, xlabel, ylabel = cls.curve_axis(name, len(next(iter(per_method.values()))), params)
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from hdm_lightning.config import ConfigError, EvaluationConfig, load_run_config
 from hdm_lightning.data import build_dataset, load_items
 from hdm_lightning.distributed import run_device
-from hdm_lightning.evaluation import MetricSuite, family_params
+from hdm_lightning.evaluation import Evaluation, MetricSuite, family_params
 from hdm_lightning.io import atomic_write_json, atomic_write_text, load_tensors
 from hdm_lightning.metrics.family import curve_family, family_of
 from hdm_lightning.models import load_classifier
@@ -166,7 +166,7 @@ def rescore(run_dir: str | Path, overrides: list[str] | None = None, everything:
     suite = None
     if compute:
         prep = classifier.preprocess
-        suite = MetricSuite(model, compute, cfg.evaluation, prep.mean, prep.std)
+        suite = MetricSuite(model, Evaluation.from_config(cfg.evaluation, compute), prep.mean, prep.std)
         try:
             suite.check_masks(dataset)
         except ValueError as e:
@@ -213,7 +213,7 @@ def _write(folder: Path, old: DictConfig, cfg: DictConfig, runs: list[MethodRun]
     old.evaluation = cfg.evaluation
     atomic_write_text(OmegaConf.to_yaml(old), folder / "config.yaml")
     write_manifest_all(folder, runs, order)
-    write_reports(folder, runs, cfg)
+    write_reports(folder, runs, Evaluation.from_config(cfg.evaluation))
 
 
 def main(argv: list[str] | None = None) -> int:

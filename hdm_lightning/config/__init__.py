@@ -54,10 +54,20 @@ from hdm_lightning.config.run import (
     load_run_config,
     run_defaults,
 )
-from hdm_lightning.config.training import TrainClassifierConfig, TrainerRunConfig, load_train_config
+from hdm_lightning.config.training import (
+    AUGMENTS,
+    InitConfig,
+    ModelConfig,
+    OptimConfig,
+    PrototypeConfig,
+    TrainClassifierConfig,
+    TrainerRunConfig,
+    load_train_config,
+)
 from hdm_lightning.errors import ConfigError
 
 __all__ = [
+    "AUGMENTS",
     "CONFIG_CHECKS",
     "EXPLAINER_CHECKS",
     "METHOD_CONFIGS",
@@ -72,13 +82,17 @@ __all__ = [
     "ExplainRunConfig",
     "ExplainerOptimConfig",
     "HDMConfig",
+    "InitConfig",
     "MDMConfig",
     "MaskMethodConfig",
     "MaskOptimConfig",
     "MethodEntry",
     "MixingConfig",
+    "ModelConfig",
+    "OptimConfig",
     "OutputConfig",
     "PredictorConfig",
+    "PrototypeConfig",
     "PreprocessConfig",
     "ProcessesConfig",
     "ScheduleConfig",

@@ -27,7 +27,7 @@ from hdm_lightning.config import ConfigError, run_defaults
 from hdm_lightning.contract import RunContext
 from hdm_lightning.data import ItemDataset, build_dataset, load_items
 from hdm_lightning.distributed import Shard, run_device
-from hdm_lightning.evaluation import MetricSuite, TableStats
+from hdm_lightning.evaluation import Evaluation, MetricSuite
 from hdm_lightning.io import atomic_write_text
 from hdm_lightning.models import Classifier, check_num_classes, load_classifier
 from hdm_lightning.run.batch import batch_targets, explain_batch
@@ -101,6 +101,7 @@ class _Run:
     dataset: object
     model: torch.nn.Module
     runs: list[MethodRun]
+    evaluation: Evaluation
     suite: MetricSuite | None
     names: dict[str, str]
     logger: object = None
@@ -162,14 +163,15 @@ def _prepare(cfg: DictConfig, settings: DictConfig, shard: Shard, given: Given |
     model = classifier.model.to(shard.device)
     runs = build_runs(cfg, settings, model, folder)
     try:
-        TableStats.from_evaluation(cfg.evaluation).check_reference([r.label for r in runs])
+        evaluation = Evaluation.from_config(cfg.evaluation)
+        evaluation.stats.check_reference([r.label for r in runs])
     except ValueError as e:
-        raise ConfigError(str(e)) from None
+        raise ConfigError(f"evaluation: {e}") from None
     suite = None
-    if cfg.evaluation.metrics:
+    if evaluation.families:
         prep = classifier.preprocess
         try:
-            suite = MetricSuite(model, list(cfg.evaluation.metrics), cfg.evaluation, prep.mean, prep.std)
+            suite = MetricSuite(model, evaluation, prep.mean, prep.std)
             suite.check_masks(dataset, warn=shard.is_main)  # every process raises, one warns
         except ValueError as e:
             raise ConfigError(f"evaluation: {e}") from None
@@ -179,8 +181,8 @@ def _prepare(cfg: DictConfig, settings: DictConfig, shard: Shard, given: Given |
         write_inputs(folder, cfg, digests)  # before config.yaml: a folder with a config has its inputs recorded
         atomic_write_text(OmegaConf.to_yaml(cfg), folder / "config.yaml")
     shard.barrier()  # rank 0 has checked (or archived) the folder: everyone reads the same records
-    gallery_ids = set(dataset.ids[: int(cfg.evaluation.gallery)]) if len(runs) > 1 else set()
-    return _Run(cfg, shard, folder, classifier, dataset, model, runs, suite, names, gallery_ids=gallery_ids)
+    gallery_ids = set(dataset.ids[: evaluation.gallery]) if len(runs) > 1 else set()
+    return _Run(cfg, shard, folder, classifier, dataset, model, runs, evaluation, suite, names, gallery_ids=gallery_ids)
 
 
 def _check_labels(cfg: DictConfig, classifier, dataset) -> None:
@@ -288,6 +290,6 @@ def _finish(run: _Run, summary: RunSummary, completed: bool) -> None:
         if work_root.is_dir() and not any(work_root.iterdir()):
             work_root.rmdir()
         if run.suite is not None or len(run.runs) > 1:
-            tables = write_reports(run.folder, run.runs, run.cfg)
+            tables = write_reports(run.folder, run.runs, run.evaluation)
     if run.logger is not None:
         log_summary(run.logger, run.runs, summary, tables, run.folder)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from hdm_lightning.evaluation import TableStats, column_key, gallery, write_curves, write_tables
+from hdm_lightning.evaluation import Evaluation, column_key, gallery, write_curves, write_tables
 from hdm_lightning.explainers.result import Explanation
 from hdm_lightning.io import atomic_torch_save, atomic_write_json, atomic_write_text, load_tensors
 from hdm_lightning.metrics.family import in_manifest
@@ -177,11 +177,11 @@ def write_manifest_all(folder: Path, runs: list[MethodRun], order: list[str]) ->
     write_manifest(folder, merged, order)
 
 
-def write_reports(folder: Path, runs: list[MethodRun], cfg) -> dict[str, str]:
+def write_reports(folder: Path, runs: list[MethodRun], evaluation: Evaluation) -> dict[str, str]:
     """``tables/`` (the metric families' means per method) and ``curves/``; returns the Markdown tables."""
     records = {r.label: list(r.records.values()) for r in runs}
-    tables = write_tables(folder, records, list(cfg.evaluation.metrics), TableStats.from_evaluation(cfg.evaluation))
-    write_curves(folder, records, cfg.evaluation)
+    tables = write_tables(folder, records, list(evaluation.families), evaluation.stats)
+    write_curves(folder, records, evaluation)
     return tables
 
 

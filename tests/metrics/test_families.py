@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from hdm_lightning.cli import explain_main
-from hdm_lightning.evaluation import MetricSuite, column_key, write_tables
+from hdm_lightning.evaluation import Evaluation, MetricSuite, column_key, write_tables
 from hdm_lightning.io import load_tensors
 from hdm_lightning.metrics import (
     EVALUATION_FAMILIES,
@@ -118,7 +118,7 @@ def test_built_in_descriptions_give_the_papers_order_directions_and_choices():
 def test_a_family_registered_from_outside_is_in_the_suite_the_tables_and_the_manifest(centre, tmp_path):
     assert "centre" in METRIC_FAMILIES and family_of("centre/anything") is centre and centre.family == "centre"
     evaluation = SimpleNamespace(batch_size=4, params={"centre": {"fraction": 0.25}})
-    suite = MetricSuite(None, ["centre"], evaluation, None, None)
+    suite = MetricSuite(None, Evaluation.from_config(evaluation, ["centre"]), None, None)
     assert list(suite.plain) == ["centre"] and suite.masked is None and not suite.reruns
     assert suite.plain["centre"].fraction == 0.25
     with pytest.raises(ValueError, match="already registered as metric family 'centre'"):
@@ -183,7 +183,10 @@ def docs_example(tmp_path, monkeypatch):
 def test_the_docs_example_family_works(docs_example):
     assert METRICS.get("centre") is docs_example.CentreShare
     suite = MetricSuite(
-        None, ["centre"], SimpleNamespace(batch_size=4, params={"centre": {"fraction": 0.5}}), None, None
+        None,
+        Evaluation.from_config(SimpleNamespace(batch_size=4, params={"centre": {"fraction": 0.5}}), ["centre"]),
+        None,
+        None,
     )
     maps = torch.zeros(2, 1, 8, 8)
     maps[0, :, 2:6, 2:6] = 1.0

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hdm_lightning.evaluation import MetricSuite, write_tables
+from hdm_lightning.evaluation import Evaluation, MetricSuite, write_tables
 from hdm_lightning.metrics import METRICS, PointingGame, families
 from hdm_lightning.metrics.family import family_of, higher_is_better, in_manifest
 from hdm_lightning.metrics.pointing import max_points, pointing_hits
@@ -116,7 +116,7 @@ def test_the_suite_takes_its_settings_from_evaluation_params(tmp_path):
     names = [c.family for c in families()]
     assert names.index("proportion") < names.index("pointing_game") < names.index("segmentation")
     evaluation = SimpleNamespace(batch_size=4, params={"pointing_game": {"tolerance": 0, "difficult_area": 0.5}})
-    suite = MetricSuite(None, ["pointing_game"], evaluation, None, None)
+    suite = MetricSuite(None, Evaluation.from_config(evaluation, ["pointing_game"]), None, None)
     metric = suite.masked["pointing_game"]
     assert suite.plain is None and (metric.tolerance, metric.difficult_area) == (0.0, 0.5)
     maps = one_hot([(1, 1), (1, 1), (1, 1)], 8)
@@ -146,7 +146,12 @@ def test_the_suite_takes_its_settings_from_evaluation_params(tmp_path):
 def test_bad_settings_name_the_setting(settings, message):
     with pytest.raises(ValueError, match=message):
         MetricSuite(
-            None, ["pointing_game"], SimpleNamespace(batch_size=4, params={"pointing_game": settings}), None, None
+            None,
+            Evaluation.from_config(
+                SimpleNamespace(batch_size=4, params={"pointing_game": settings}), ["pointing_game"]
+            ),
+            None,
+            None,
         )
 
 

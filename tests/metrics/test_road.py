@@ -17,7 +17,7 @@ from pytorch_grad_cam.metrics.perturbation_confidence import (
 from pytorch_grad_cam.metrics.road import NoisyLinearImputer, neighbors_weights
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
-from hdm_lightning.evaluation import MetricSuite, write_curves, write_tables
+from hdm_lightning.evaluation import Evaluation, MetricSuite, write_curves, write_tables
 from hdm_lightning.metrics import METRICS, ROAD, families
 from hdm_lightning.metrics.perturbation import keep_count
 from hdm_lightning.metrics.road import NEIGHBOUR_WEIGHTS, linear_imputation
@@ -180,7 +180,7 @@ def test_the_suite_builds_road_from_evaluation_params_and_the_tables_show_the_au
     assert names.index("deletion_insertion") + 1 == names.index("road") == names.index("proportion") - 1
     model = tiny_cnn(classes=3)
     evaluation = SimpleNamespace(batch_size=8, params={"road": {"percents": [50, 20], "noise": 0.0, "seed": 3}})
-    suite = MetricSuite(model, ["road"], evaluation, [0.5] * 3, [0.25] * 3)
+    suite = MetricSuite(model, Evaluation.from_config(evaluation, ["road"]), [0.5] * 3, [0.25] * 3)
     road = suite.plain["road"]
     assert (road.percents, road.noise, road.seed, road.batch_size) == ((20, 50), 0.0, 3, 8)
     images = torch.randn(2, 3, 8, 8, dtype=torch.float64)
@@ -205,7 +205,7 @@ def test_mean_curves_are_drawn_at_the_runs_percents(tmp_path):
         ]
     }
     evaluation = SimpleNamespace(batch_size=4, params={"road": {"percents": [50, 10, 90]}})
-    write_curves(tmp_path, records, evaluation)
+    write_curves(tmp_path, records, Evaluation.from_config(evaluation, []))
     rows = (tmp_path / "curves" / "road_morf.csv").read_text().splitlines()
     assert rows == ["fraction,m", "0.1000,0.800000", "0.5000,0.400000", "0.9000,0.100000"]
     assert (tmp_path / "curves" / "road_lerf.png").stat().st_size > 1000

@@ -11,7 +11,7 @@ from torch import nn
 
 from hdm_lightning.contract import SaliencyMethod, build_method
 from hdm_lightning.data.synthetic import generate_shapes
-from hdm_lightning.evaluation import MetricSuite, column_key
+from hdm_lightning.evaluation import Evaluation, MetricSuite, column_key
 from hdm_lightning.metrics import EVALUATION_FAMILIES, METRIC_FAMILIES, SanityChecks
 from hdm_lightning.metrics.family import in_manifest
 from hdm_lightning.metrics.sanity import (
@@ -188,7 +188,7 @@ def test_keys_curve_directions_and_merge_state():
 
 def test_the_suite_builds_it_from_evaluation_params_and_scores_a_rerun():
     evaluation = SimpleNamespace(batch_size=4, params={"sanity": {"steps": 2, "top_k": [0.1], "seed": 3}})
-    suite = MetricSuite(None, ["sanity"], evaluation, None, None)
+    suite = MetricSuite(None, Evaluation.from_config(evaluation, ["sanity"]), None, None)
     metric = suite.reruns["sanity"]
     assert isinstance(metric, SanityChecks) and metric.steps == 2 and metric.top_k == (0.1,) and metric.seed == 3
     model = tiny_cnn(3)
@@ -201,7 +201,12 @@ def test_the_suite_builds_it_from_evaluation_params_and_scores_a_rerun():
     )
     assert len(rows[1]["sanity_curve"]) == 3 and rows[1]["sanity_curve"][0] == 1.0
     with pytest.raises(ValueError, match="evaluation.params.sanity.steps must be a positive integer"):
-        MetricSuite(None, ["sanity"], SimpleNamespace(batch_size=4, params={"sanity": {"steps": -1}}), None, None)
+        MetricSuite(
+            None,
+            Evaluation.from_config(SimpleNamespace(batch_size=4, params={"sanity": {"steps": -1}}), ["sanity"]),
+            None,
+            None,
+        )
 
 
 # ------------------------------------------------------------------------------------------------ the done-when

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from hdm_lightning.evaluation import MetricSuite, column_key
+from hdm_lightning.evaluation import Evaluation, MetricSuite, column_key
 from hdm_lightning.metrics import EVALUATION_FAMILIES, METRIC_FAMILIES, MapStability, saliency_metrics
 from hdm_lightning.metrics.stability import (
     agreement_keys,
@@ -239,7 +239,7 @@ def evaluation(**overrides):
 
 
 def test_suite_collects_per_image_stability_values_and_checks_settings():
-    suite = MetricSuite(None, ["stability"], evaluation(), None, None)
+    suite = MetricSuite(None, Evaluation.from_config(evaluation(), ["stability"]), None, None)
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(10))
     t = torch.tensor([0, 1])
     method = Recorder()
@@ -256,9 +256,16 @@ def test_suite_collects_per_image_stability_values_and_checks_settings():
     }
     for key, (value, message) in bad.items():
         with pytest.raises(ValueError, match=message):
-            MetricSuite(None, ["stability"], evaluation(**{key: value}), None, None)
+            MetricSuite(None, Evaluation.from_config(evaluation(**{key: value}), ["stability"]), None, None)
     with pytest.raises(ValueError, match="has duplicates"):
-        MetricSuite(None, ["stability"], evaluation(stability_top_k=[0.2, 0.2]), None, None)
+        MetricSuite(None, Evaluation.from_config(evaluation(stability_top_k=[0.2, 0.2]), ["stability"]), None, None)
     with pytest.raises(ValueError, match="'stability' has no condition"):
-        MetricSuite(None, ["stability"], evaluation(stability_noise=[], stability_batch=False), None, None)
-    MetricSuite(None, ["proportion"], evaluation(stability_noise=[-1.0]), None, None)  # checked only when used
+        MetricSuite(
+            None,
+            Evaluation.from_config(evaluation(stability_noise=[], stability_batch=False), ["stability"]),
+            None,
+            None,
+        )
+    MetricSuite(
+        None, Evaluation.from_config(evaluation(stability_noise=[-1.0]), ["proportion"]), None, None
+    )  # checked only when used
