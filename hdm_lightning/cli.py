@@ -16,7 +16,7 @@ from hdm_lightning.config import ConfigError, load_explainer_config, load_run_co
 from hdm_lightning.distributed import launch
 from hdm_lightning.run.explain_run import run_explain
 from hdm_lightning.signals import Interrupted, stop_on_signals
-from hdm_lightning.train import run_training
+from hdm_lightning.train_classifier import run_training
 
 __all__ = ["explain_main", "train_classifier_main", "train_explainer_main"]
 

@@ -110,6 +110,10 @@ out = hl.explain(model, x, "dm", config={"schedule": schedule})
 print("ladder", tuple(out.saliency.shape), sorted(out.history))
 result = hl.build_method("grad_x_input", model).explain(x, torch.tensor([0, 2]))
 print("grad_x_input", tuple(result.maps.shape), result.forward_passes, result.backward_passes)
+signed = {"name": "grad_x_input", "label": "signed", "params": {"absolute": False}}
+cmp = hl.compare(model, x, ["grad_x_input", signed], ["centre"])
+same = torch.equal(cmp.maps["signed"], hl.explain(model, x, "grad_x_input", config={"absolute": False}).maps)
+print("compare", cmp.labels, sorted(cmp.tables), same)
 metric = build_family("centre", fraction=0.5)
 maps = torch.zeros(2, 1, 32, 32)
 maps[0, :, 8:24, 8:24] = 1.0  # all of the mass in the central box
@@ -141,5 +145,6 @@ def test_the_extension_guide_examples_run_as_written(tmp_path):
     lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
     assert lines["ladder"] == "(2, 1, 32, 32) ['dm/ladder']"  # the schedule's one stage
     assert lines["grad_x_input"] == "(2, 1, 32, 32) 2 2"
+    assert lines["compare"] == "['grad_x_input', 'signed'] ['centre', 'cost'] True"  # plugins in hl.compare
     assert lines["centre"] == "[1.0, 0.0] families True"
     assert lines["npy"].startswith("2 a1.npy (3, 64, 64) npy arrays: 2 at arrays")

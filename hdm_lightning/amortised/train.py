@@ -13,13 +13,10 @@ Same conventions as ``train_classifier.py``. Run folder (``output.dir``)::
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from hdm_lightning.allocator import retain_freed_memory
@@ -29,11 +26,9 @@ from hdm_lightning.amortised.predictor import FeatureTap
 from hdm_lightning.config.explainer import register_explainer_check
 from hdm_lightning.data.training import ClassifierDataModule
 from hdm_lightning.errors import ConfigError
-from hdm_lightning.io import atomic_write_text
 from hdm_lightning.models import check_num_classes, load_classifier
-from hdm_lightning.run.folder import TRAINING_NON_RESULT_KEYS, check_run_folder
-from hdm_lightning.run.inputs import write_inputs
-from hdm_lightning.train import build_trainer
+from hdm_lightning.run.folder import TRAINING_NON_RESULT_KEYS
+from hdm_lightning.run.training import fit_training, start_training
 
 __all__ = ["check_explainer_settings", "run_explainer"]
 
@@ -78,11 +73,7 @@ def run_explainer(cfg: DictConfig) -> ExplainerSummary:
             in the message (raised before training starts).
     """
     folder = Path(cfg.output.dir)
-    last = folder / "checkpoints" / "last.ckpt"
-    main = rank_zero_only.rank == 0
-    if main:
-        check_run_folder(folder, cfg, (*TRAINING_NON_RESULT_KEYS, "preset"))
-    L.seed_everything(int(cfg.seed), verbose=False)
+    resume = start_training(cfg, folder, (*TRAINING_NON_RESULT_KEYS, "preset"))
     retain_freed_memory()  # every step frees and refaults its activations otherwise (hdm_lightning.allocator)
     classifier = load_classifier(cfg.classifier)
     data = ClassifierDataModule(
@@ -100,39 +91,24 @@ def run_explainer(cfg: DictConfig) -> ExplainerSummary:
     )
     _check_classes(cfg, classifier, data)
     module = _module(cfg, classifier)
-    resume = last if cfg.output.resume and last.is_file() else None
-    if main:
-        folder.mkdir(parents=True, exist_ok=True)
-        write_inputs(folder, cfg)  # before config.yaml: a folder with a config has its inputs recorded
-        atomic_write_text(OmegaConf.to_yaml(cfg), folder / "config.yaml")
-        print(
-            f"training a mask predictor for {classifier.name} ({classifier.source}) on "
-            f"{data.train_set.describe()}; validating on {data.val_set.describe()}"
-            + (f"; resuming from {resume}" if resume else ""),
-            file=sys.stderr,
-        )
-    trainer, best, logger = build_trainer(cfg, folder, monitor="val/loss", mode="min")
-    trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
-    if logger:
-        logger.experiment.finish()
-    exported = folder / "explainer.pt"
-    if trainer.global_rank != 0:
-        return ExplainerSummary(folder, exported, float("nan"), trainer.current_epoch)
-    best_path = Path(best.best_model_path) if best.best_model_path else last
-    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
+    announce = f"training a mask predictor for {classifier.name} ({classifier.source}) on "
+    announce += f"{data.train_set.describe()}; validating on {data.val_set.describe()}"
+    fit = fit_training(cfg, folder, module, data, resume, announce, "val/loss", "min")
+    exported, epochs = folder / "explainer.pt", fit.trainer.current_epoch
+    if not fit.main:
+        return ExplainerSummary(folder, exported, float("nan"), epochs)
+    module.load_state_dict(torch.load(fit.best_path, map_location="cpu", weights_only=True)["state_dict"])
     explainer = module.explainer()
-    score = float(best.best_model_score) if best.best_model_score is not None else float("nan")
     explainer.info = {
         "classifier": f"{classifier.name} ({classifier.source})",
         "num_classes": int(classifier.num_classes),
         "target": str(cfg.target),
-        "epochs": int(trainer.current_epoch),
-        "val_loss": score,
+        "epochs": int(epochs),
+        "val_loss": fit.score,
         "data": data.train_set.describe(),
     }
     explainer.save(exported)
-    return ExplainerSummary(folder, exported, score, trainer.current_epoch)
+    return ExplainerSummary(folder, exported, fit.score, epochs)
 
 
 def _check_classes(cfg: DictConfig, classifier, data: ClassifierDataModule) -> None:

@@ -15,17 +15,14 @@ Both checkpoint files load in ``explain.py`` with ``classifier.checkpoint=<path>
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from hdm_lightning.config import ConfigError
 from hdm_lightning.data.training import ClassifierDataModule
-from hdm_lightning.io import atomic_write_text
 from hdm_lightning.models import (
     default_preprocess,
     load_classifier_checkpoint,
@@ -35,8 +32,8 @@ from hdm_lightning.models import (
 )
 from hdm_lightning.models.lightning_classifier import ClassifierModule, initial_backbone
 from hdm_lightning.models.prototype import PROTOTYPE_HEAD
-from hdm_lightning.run.folder import TRAINING_NON_RESULT_KEYS, check_run_folder
-from hdm_lightning.run.inputs import write_inputs
+from hdm_lightning.run.folder import TRAINING_NON_RESULT_KEYS
+from hdm_lightning.run.training import fit_training, start_training
 from hdm_lightning.train_prototype import run_prototype_training
 from hdm_lightning.training_run import TrainSummary, build_trainer
 
@@ -51,36 +48,17 @@ def run_training(cfg: DictConfig) -> TrainSummary:
             fix in the message (raised before training starts).
     """
     folder = Path(cfg.output.dir)
-    last = folder / "checkpoints" / "last.ckpt"
-    # Under DDP Lightning re-runs this script once per extra device (or torchrun/SLURM start every
-    # process): only the first process may archive an old run or write the shared files.
-    main = rank_zero_only.rank == 0
-    if main:
-        check_run_folder(folder, cfg, TRAINING_NON_RESULT_KEYS)
-    L.seed_everything(int(cfg.seed), verbose=False)
+    resume = start_training(cfg, folder, TRAINING_NON_RESULT_KEYS)
     data = _datamodule(cfg)
     if cfg.model.head == PROTOTYPE_HEAD:
-        return run_prototype_training(cfg, folder, data, main)
-    resume = last if cfg.output.resume and last.is_file() else None
+        return run_prototype_training(cfg, folder, data, rank_zero_only.rank == 0)
     module, source = _module(cfg, data, resume)
-    if main:
-        folder.mkdir(parents=True, exist_ok=True)
-        write_inputs(folder, cfg)  # before config.yaml: a folder with a config has its inputs recorded
-        atomic_write_text(OmegaConf.to_yaml(cfg), folder / "config.yaml")
-        print(
-            f"training {cfg.backbone} ({source}) on {data.train_set.describe()}; "
-            f"validating on {data.val_set.describe()}",
-            file=sys.stderr,
-        )
-    trainer, best, logger = build_trainer(cfg, folder)
-    trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
-    if logger:
-        logger.experiment.finish()
-    best_path = Path(best.best_model_path) if best.best_model_path else last
-    n = len(data.class_names)
-    if trainer.global_rank != 0:
-        return TrainSummary(folder, best_path, folder / "classifier.pt", float("nan"), trainer.current_epoch, n)
-    trained = load_classifier_checkpoint(best_path)  # weights_only, and proves explain.py can read it
+    announce = f"training {cfg.backbone} ({source}) on {data.train_set.describe()}; validating on "
+    fit = fit_training(cfg, folder, module, data, resume, announce + data.val_set.describe(), "val/acc1", "max")
+    epochs, n = fit.trainer.current_epoch, len(data.class_names)
+    if not fit.main:
+        return TrainSummary(folder, fit.best_path, folder / "classifier.pt", float("nan"), epochs, n)
+    trained = load_classifier_checkpoint(fit.best_path)  # weights_only, and proves explain.py can read it
     exported = save_classifier_checkpoint(
         folder / "classifier.pt",
         trained.model,
@@ -88,10 +66,9 @@ def run_training(cfg: DictConfig) -> TrainSummary:
         trained.num_classes,
         trained.class_names,
         trained.preprocess,
-        extra={"val_acc1": float(best.best_model_score or float("nan")), "source": source},
+        extra={"val_acc1": fit.score, "source": source},
     )
-    score = float(best.best_model_score) if best.best_model_score is not None else float("nan")
-    return TrainSummary(folder, best_path, exported, score, trainer.current_epoch, n)
+    return TrainSummary(folder, fit.best_path, exported, fit.score, epochs, n)
 
 
 def _datamodule(cfg: DictConfig) -> ClassifierDataModule:
