@@ -31,7 +31,8 @@ MAX_MODULE_LINES = 400
 # down is a design decision, made here, in one place (docs/architecture.md will describe it).
 LAYERS: list[set[str]] = [
     # plain helpers: torch maths, files, registries, bounds, statistics, the Trainer setup
-    {"allocator", "bounds", "core", "errors", "io", "masks", "registry", "signals", "stats", "targets", "training_run"},
+    {"allocator", "bounds", "core", "errors", "io", "masks", "prepare", "registry", "signals", "stats", "targets"}
+    | {"training_run"},
     {"config"},  # every config's schema, loader and checks (settings are read here, and only here)
     {"callbacks", "contract", "metrics", "schedules", "viz"},  # the method contract, metric families, schedules
     {"tables"},  # comparison tables

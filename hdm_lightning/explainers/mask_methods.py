@@ -46,6 +46,7 @@ from hdm_lightning.masks.ops import (
     hierarchical_masked_image,
     mdm_combine_threshold,
 )
+from hdm_lightning.prepare import prepare_classifier
 from hdm_lightning.schedules.base import build_schedule
 
 __all__ = ["DM", "HDM", "MDM"]
@@ -119,10 +120,19 @@ class _MaskMethod(SaliencyMethod):
         devices = [images.device] if images.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), frozen(self.model, self.cfg.engine.channels_last):
             L.seed_everything(int(self.cfg.engine.seed), verbose=False)
-            selector = ActivationSelector(self.model, images, target)
+            selector = ActivationSelector(self._prepared(images, target), images, target)
             out = self._explain(images, selector, settings)
         self._check(out, self.counter, images.shape[0], resumed=context.work_dir is not None)
         return out.saliency, out
+
+    def _prepared(self, images: Tensor, target: Target) -> nn.Module:
+        """The classifier the fits run: with ``engine.prepare`` a copy with batch norm folded (passes counted)."""
+        if not self.cfg.engine.prepare or callable(target):  # a callable selector may use the model's own methods
+            return self.model
+        model = prepare_classifier(self.model, images).model
+        if model is not self.model:
+            self.counter.watch(model)
+        return model
 
     def _settings(self, device: torch.device, images: Tensor, target: Target, context: RunContext) -> FitSettings:
         eng = self.cfg.engine
@@ -193,7 +203,7 @@ class _MaskMethod(SaliencyMethod):
                 raise ValueError("init: amortised explains classes: pass class targets, not a callable selector")
             initial, _ = self.initializer.predict(self.model, x, selector.targets)
         outcome = train_schedule(
-            self.model,
+            selector.model,
             selector,
             x,
             reference,
@@ -311,7 +321,7 @@ class HDM(_MaskMethod):
             history.update({f"dm{s}/{k}": v for k, v in res.history.items()})
         stacked = torch.stack(maps, 1)  # [B, S, 1, H, W]
         mix = MixingModule(
-            self.model,
+            selector.model,
             selector,
             x0,
             stacked,

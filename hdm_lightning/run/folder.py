@@ -138,7 +138,14 @@ def _schema_defaults(cfg: DictConfig) -> dict:
 
 # Settings whose default changed: a saved config without the key was made with the earlier value, so resuming it
 # under the new default would mix two kinds of result in one folder.
-EARLIER_DEFAULTS = {"evaluation.ties": EARLIER_TIES}
+EARLIER_DEFAULTS = {"evaluation.ties": EARLIER_TIES, "explainer.engine.prepare": False}
+# What to say when a saved run differs from the new default only because the default changed.
+EARLIER_HINTS = {
+    "evaluation.ties": f" The default evaluation.ties is now {DEFAULT_TIES!r}: pass evaluation.ties={EARLIER_TIES} to "
+    "resume this run as it was scored, or re-score its maps with python -m hdm_lightning.rescore.",
+    "explainer.engine.prepare": " The fits now run a classifier with batch norm folded into its convolutions by "
+    "default (same maps up to round-off): pass explainer.engine.prepare=false to resume this run as it was computed.",
+}
 
 
 def check_output_dir(folder: Path, key: str = "output.dir") -> None:
@@ -214,16 +221,11 @@ def check_run_folder(
     if diff:
         shown = "; ".join(f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in diff[:6])
         more = f" (and {len(diff) - 6} more)" if len(diff) > 6 else ""
-        ties = (
-            f" The default evaluation.ties is now {DEFAULT_TIES!r}: pass evaluation.ties={EARLIER_TIES} to resume this"
-            " run as it was scored, or re-score its maps with python -m hdm_lightning.rescore."
-            if (old.get("evaluation.ties"), new.get("evaluation.ties")) == (EARLIER_TIES, DEFAULT_TIES)
-            else ""
-        )
+        hints = "".join(h for k, h in EARLIER_HINTS.items() if k in diff and old.get(k) == EARLIER_DEFAULTS[k])
         raise ConfigError(
             f"output folder {str(folder)!r} holds a run made with a different config ({shown}{more}). "
             "Choose another output.dir, or pass output.resume=false to move the old run into "
-            f"{folder}/previous-<time>/ and start over.{ties}"
+            f"{folder}/previous-<time>/ and start over.{hints}"
         )
     check_inputs(folder, cfg, given)
 
