@@ -23,10 +23,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-__all__ = ["Prepared", "prepare_classifier"]
+__all__ = ["COMPILE_MODES", "Prepared", "compiled", "hook_free_copy", "prepare_classifier"]
 
 HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 TOLERANCE = 1e-9  # relative float64 difference of the logits that proves a folding exact
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+"""``explainer.engine.compile``: no compilation, or a ``torch.compile`` mode."""
 
 
 @dataclass
@@ -69,9 +71,9 @@ def _outputs(model: nn.Module, images: Tensor) -> Tensor:
     return out if isinstance(out, Tensor) else torch.as_tensor(float("nan"))
 
 
-def _copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """A copy of ``model`` in ``dtype`` without its hooks."""
-    out = copy.deepcopy(model).to(dtype)
+def hook_free_copy(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """A copy of ``model`` (in ``dtype``) without its hooks."""
+    out = copy.deepcopy(model) if dtype is None else copy.deepcopy(model).to(dtype)
     for m in out.modules():
         for hooks in HOOKS:
             getattr(m, hooks, {}).clear()
@@ -93,15 +95,22 @@ def prepare_classifier(model: nn.Module, images: Tensor) -> Prepared:
         :class:`Prepared`: the copy, or ``model`` itself when there is nothing to fold or the check fails.
     """
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    folded_model = _copy(model, torch.float64)
+    folded_model = hook_free_copy(model, torch.float64)
     folded = _fold_pairs(folded_model)
     if not folded:
         return Prepared(model, [], "no batch norm after a convolution: the classifier runs as given")
     probe = images[:2].detach().double()
-    want, got = _outputs(_copy(model, torch.float64), probe), _outputs(folded_model, probe)
+    want, got = _outputs(hook_free_copy(model, torch.float64), probe), _outputs(folded_model, probe)
     scale = want.abs().max().clamp_min(torch.finfo(torch.float64).tiny)
     error = float((got - want).abs().max() / scale) if got.shape == want.shape else float("inf")
     if not error <= TOLERANCE:
         return Prepared(model, [], f"folding batch norm changed the outputs (relative {error:.1e}): run as given")
     prepared = folded_model.to(dtype).requires_grad_(False)
     return Prepared(prepared, folded, f"{len(folded)} batch norms folded into their convolutions")
+
+
+def compiled(model: nn.Module, mode: str) -> nn.Module:
+    """``torch.compile(model)`` in ``mode`` (:data:`COMPILE_MODES`; ``"none"``: ``model`` itself)."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"engine.compile must be one of {list(COMPILE_MODES)}, got {mode!r}")
+    return model if mode == "none" else torch.compile(model, mode=None if mode == "default" else mode)

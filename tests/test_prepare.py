@@ -116,3 +116,20 @@ def test_a_run_computed_before_prepare_was_the_default_is_not_resumed_with_it(tm
         check_run_folder(tmp_path, cfg)
     cfg.explainer.engine.prepare = False
     check_run_folder(tmp_path, cfg)
+
+
+def test_a_compiled_pass_gives_the_same_maps():
+    """``engine.compile: default`` (torch.compile of the prepared copy), float64: the maps of the eager fits."""
+    torch.manual_seed(0)
+    tiny = [nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten()]
+    model = _with_statistics(nn.Sequential(*tiny, nn.Linear(16, 3)))
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    schedule = {"params": {"sizes": [4], "factors": [], "epochs": 2, "lr": 0.2, "eta": 1.0}}
+    runs = {
+        mode: hl.explain(model, x, "dm", target=[1], config={"schedule": schedule, "engine": {"compile": mode}})
+        for mode in ("none", "default")
+    }
+    assert torch.allclose(runs["default"].maps, runs["none"].maps, atol=1e-8)
+    assert runs["default"].backward_passes == runs["none"].backward_passes > 0
+    with pytest.raises(ValueError, match=r"engine.compile must be one of \['none', 'default'"):
+        hl.explain(model, x, "dm", config={"schedule": schedule, "engine": {"compile": "fast"}})

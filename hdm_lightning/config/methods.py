@@ -73,6 +73,9 @@ class EngineConfig:
     # fit a copy of the classifier with batch norm folded into the convolutions before it (checked exact in float64;
     # same maps up to round-off, fewer operations per pass); a model with nothing to fold runs as given
     prepare: bool = True
+    # torch.compile the classifier the fits run: none | default | reduce-overhead (CUDA graphs: the one-image case on
+    # a GPU) | max-autotune. On the CPUs measured it makes a pass slower; each new row count compiles again
+    compile: str = "none"
 
 
 @dataclass

@@ -46,7 +46,7 @@ from hdm_lightning.masks.ops import (
     hierarchical_masked_image,
     mdm_combine_threshold,
 )
-from hdm_lightning.prepare import prepare_classifier
+from hdm_lightning.prepare import COMPILE_MODES, compiled, hook_free_copy, prepare_classifier
 from hdm_lightning.schedules.base import build_schedule
 
 __all__ = ["DM", "HDM", "MDM"]
@@ -80,6 +80,8 @@ class _MaskMethod(SaliencyMethod):
         init, init_checkpoint, aux_reference = cls.start(cfg)
         if aux_reference not in AUX_REFERENCES:
             raise ValueError(f"aux_reference must be one of {list(AUX_REFERENCES)}, got {aux_reference!r}")
+        if cfg.engine.compile not in COMPILE_MODES:
+            raise ValueError(f"engine.compile must be one of {list(COMPILE_MODES)}, got {cfg.engine.compile!r}")
         if not 0.0 <= float(cfg.tau) <= 1.0:
             raise ValueError(f"tau (initial mask value) must be in [0, 1], got {cfg.tau!r}")
         threshold = Threshold(cfg.threshold.kind, float(cfg.threshold.value))
@@ -126,10 +128,16 @@ class _MaskMethod(SaliencyMethod):
         return out.saliency, out
 
     def _prepared(self, images: Tensor, target: Target) -> nn.Module:
-        """The classifier the fits run: with ``engine.prepare`` a copy with batch norm folded (passes counted)."""
-        if not self.cfg.engine.prepare or callable(target):  # a callable selector may use the model's own methods
+        """The classifier the fits run: the prepared copy (``engine.prepare``), compiled (``engine.compile``).
+
+        Its passes are counted. A callable selector may use the model's own methods: it gets the model as given.
+        """
+        eng = self.cfg.engine
+        if callable(target) or not (eng.prepare or eng.compile != "none"):
             return self.model
-        model = prepare_classifier(self.model, images).model
+        model = prepare_classifier(self.model, images).model if eng.prepare else self.model
+        if eng.compile != "none":
+            model = compiled(hook_free_copy(model) if model is self.model else model, eng.compile)
         if model is not self.model:
             self.counter.watch(model)
         return model
