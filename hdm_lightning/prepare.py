@@ -46,22 +46,31 @@ class Prepared:
     note: str = ""
 
 
-def _fold_pairs(model: nn.Module) -> list[str]:
-    """Fold every (Conv2d, BatchNorm2d) registered consecutively in one parent, in place; the BNs' names."""
-    folded = []
-    for parent_name, parent in model.named_modules():
+def _pairs(model: nn.Module) -> list[tuple[nn.Module, str, nn.Conv2d, nn.BatchNorm2d]]:
+    """Every (parent, BN name, Conv2d, BatchNorm2d) registered consecutively in one parent, foldable by shape."""
+    pairs = []
+    for parent in model.modules():
         children = list(parent.named_children())
         for (_, conv), (bn_name, bn) in zip(children, children[1:], strict=False):
             if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
                 continue
             if bn.running_mean is None or bn.num_features != conv.out_channels or conv.padding_mode != "zeros":
                 continue
-            conv.weight, conv.bias = fuse_conv_bn_weights(
-                conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
-            )
-            rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
-            setattr(parent, bn_name, nn.Sequential(*rest) if rest else nn.Identity())  # timm's BatchNormAct2d
-            folded.append(f"{parent_name}.{bn_name}".lstrip("."))
+            pairs.append((parent, bn_name, conv, bn))
+    return pairs
+
+
+def _fold_pairs(model: nn.Module) -> list[str]:
+    """Fold every pair of :func:`_pairs` in place; the batch norms' names."""
+    names = {id(m): n for n, m in model.named_modules()}
+    folded = []
+    for parent, bn_name, conv, bn in _pairs(model):
+        conv.weight, conv.bias = fuse_conv_bn_weights(
+            conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+        )
+        rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
+        setattr(parent, bn_name, nn.Sequential(*rest) if rest else nn.Identity())  # timm's BatchNormAct2d
+        folded.append(f"{names[id(parent)]}.{bn_name}".lstrip("."))
     return folded
 
 
@@ -95,6 +104,8 @@ def prepare_classifier(model: nn.Module, images: Tensor) -> Prepared:
         :class:`Prepared`: the copy, or ``model`` itself when there is nothing to fold or the check fails.
     """
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    if not _pairs(model):  # no copy of a model with nothing to fold (a ViT)
+        return Prepared(model, [], "no batch norm after a convolution: the classifier runs as given")
     folded_model = hook_free_copy(model, torch.float64)
     folded = _fold_pairs(folded_model)
     if not folded:
