@@ -33,7 +33,7 @@ from hdm_lightning.models import (
 from hdm_lightning.models.lightning_classifier import ClassifierModule, initial_backbone
 from hdm_lightning.models.prototype import PROTOTYPE_HEAD
 from hdm_lightning.run.folder import TRAINING_NON_RESULT_KEYS
-from hdm_lightning.run.training import fit_training, start_training
+from hdm_lightning.run.training import fit_training, start_training, training_data
 from hdm_lightning.train_prototype import run_prototype_training
 from hdm_lightning.training_run import TrainSummary, build_trainer
 
@@ -77,19 +77,7 @@ def _datamodule(cfg: DictConfig) -> ClassifierDataModule:
         preprocess = torchvision_weights_preprocess(cfg.backbone, cfg.init.weights)
     else:
         preprocess = default_preprocess(cfg.backbone)
-    preprocess = override_preprocess(preprocess, cfg.preprocess, key="preprocess")
-    return ClassifierDataModule(
-        cfg.data,
-        preprocess,
-        batch_size=int(cfg.batch_size),
-        augment=cfg.augment,
-        train_split=cfg.train_split,
-        val_split=cfg.val_split,
-        val_fraction=float(cfg.val_fraction),
-        seed=int(cfg.seed),
-        num_workers=int(cfg.num_workers),
-        val_limit=cfg.val_limit,
-    )
+    return training_data(cfg, override_preprocess(preprocess, cfg.preprocess, key="preprocess"))
 
 
 def _module(cfg: DictConfig, data: ClassifierDataModule, resume: Path | None) -> tuple[ClassifierModule, str]:

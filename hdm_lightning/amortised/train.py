@@ -28,7 +28,7 @@ from hdm_lightning.data.training import ClassifierDataModule
 from hdm_lightning.errors import ConfigError
 from hdm_lightning.models import check_num_classes, load_classifier
 from hdm_lightning.run.folder import TRAINING_NON_RESULT_KEYS
-from hdm_lightning.run.training import fit_training, start_training
+from hdm_lightning.run.training import fit_training, start_training, training_data
 
 __all__ = ["check_explainer_settings", "run_explainer"]
 
@@ -76,19 +76,7 @@ def run_explainer(cfg: DictConfig) -> ExplainerSummary:
     resume = start_training(cfg, folder, (*TRAINING_NON_RESULT_KEYS, "preset"))
     retain_freed_memory()  # every step frees and refaults its activations otherwise (hdm_lightning.allocator)
     classifier = load_classifier(cfg.classifier)
-    data = ClassifierDataModule(
-        cfg.data,
-        classifier.preprocess,
-        batch_size=int(cfg.batch_size),
-        augment=cfg.augment,
-        train_split=cfg.train_split,
-        val_split=cfg.val_split,
-        val_fraction=float(cfg.val_fraction),
-        seed=int(cfg.seed),
-        num_workers=int(cfg.num_workers),
-        val_limit=cfg.val_limit,
-        epoch_seeded=True,  # a resumed run sees the batches an uninterrupted one does
-    )
+    data = training_data(cfg, classifier.preprocess, epoch_seeded=True)  # a resumed run sees the same batches
     _check_classes(cfg, classifier, data)
     module = _module(cfg, classifier)
     announce = f"training a mask predictor for {classifier.name} ({classifier.source}) on "

@@ -17,12 +17,14 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from hdm_lightning.data.training import ClassifierDataModule
 from hdm_lightning.io import atomic_write_text
+from hdm_lightning.models.preprocess import Preprocess
 from hdm_lightning.run.folder import check_run_folder
 from hdm_lightning.run.inputs import write_inputs
 from hdm_lightning.training_run import build_trainer
 
-__all__ = ["TrainedFit", "fit_training", "start_training"]
+__all__ = ["TrainedFit", "fit_training", "start_training", "training_data"]
 
 
 @dataclass
@@ -40,6 +42,27 @@ class TrainedFit:
     best_path: Path
     score: float
     main: bool
+
+
+def training_data(cfg: DictConfig, preprocess: Preprocess, epoch_seeded: bool = False) -> ClassifierDataModule:
+    """The training and validation data a training config describes (``data``, splits, batch size, augmentation).
+
+    ``epoch_seeded``: every epoch's shuffle and augmentation seeded by the epoch, so a resumed run sees the batches an
+    uninterrupted one does.
+    """
+    return ClassifierDataModule(
+        cfg.data,
+        preprocess,
+        batch_size=int(cfg.batch_size),
+        augment=cfg.augment,
+        train_split=cfg.train_split,
+        val_split=cfg.val_split,
+        val_fraction=float(cfg.val_fraction),
+        seed=int(cfg.seed),
+        num_workers=int(cfg.num_workers),
+        val_limit=cfg.val_limit,
+        epoch_seeded=epoch_seeded,
+    )
 
 
 def start_training(cfg: DictConfig, folder: Path, ignore: tuple[str, ...]) -> Path | None:
