@@ -4,8 +4,9 @@ Two parts, each measured side by side in one run, in alternating rounds (slow dr
 
 1. **One pass** (forward + input gradient of the class logit, what every mask step spends) of the bundled
    EfficientNet-Lite0 and a torchvision ResNet-50 (random weights, random batch-norm statistics) at 224², for
-   1, 9 and 32 rows: eager, prepared, and prepared + ``torch.compile`` (``--compile``; the first call's compile
-   time is shown apart), in sample-passes/s, with the largest output and input-gradient difference against eager
+   1, 9 and 32 rows: eager, folded (batch norm folded only), prepared (folded, static TF-"same" padding,
+   activations out of place: what the fits run), and prepared + ``torch.compile`` (``--compile``; the first call's
+   compile time is shown apart), in sample-passes/s, with the largest output and input-gradient difference against eager
    in float32 (relative to the largest value) and in float64 (the folding's exactness).
 2. **The demo job**: ``explain.py --config configs/demo.yaml`` (HDM, ``hdm_fast``, three photos, Lite0 at 224²)
    with ``explainer.engine.prepare=true`` and ``=false``: wall seconds and engine sample-passes/s of both, and the
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet50
 
+from hdm_lightning.allocator import retain_freed_memory
 from hdm_lightning.models import load_classifier
 from hdm_lightning.prepare import prepare_classifier
 
@@ -72,7 +74,8 @@ def pass_table(args: argparse.Namespace) -> list[dict]:
         for rows in args.rows:
             x = torch.randn(rows, 3, 224, 224).to(memory_format=torch.channels_last)
             prepared = prepare_classifier(model, x).model
-            variants = {"eager": model, "prepared": prepared}
+            folded = prepare_classifier(model, x, static_padding=False, out_of_place=False).model
+            variants = {"eager": model, "folded": folded, "prepared": prepared}
             compile_s = None
             if args.compile:
                 compiled = torch.compile(prepared)
@@ -82,8 +85,8 @@ def pass_table(args: argparse.Namespace) -> list[dict]:
                 variants["prepared+compiled"] = compiled
             ref_out, ref_grad = one_pass(model, x)
             seconds = dict.fromkeys(variants, 0.0)
-            for _ in range(args.repeats):
-                for v, m in variants.items():
+            for k in range(args.repeats):
+                for v, m in list(variants.items())[:: 1 if k % 2 == 0 else -1]:
                     start = time.perf_counter()
                     one_pass(m, x)
                     seconds[v] += time.perf_counter() - start
@@ -172,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
     ap.add_argument("--compile", action="store_true", help="also prepared + torch.compile (slow on these CPUs)")
     ap.add_argument("--json", default=None, help="write the raw figures here")
     args = ap.parse_args(argv)
+    retain_freed_memory()  # as the fits run (engine.retain_memory, the default): no page faults on every pass
     table = pass_table(args) if args.rows else []
     runs = demo(args) if args.demo_repeats else []
     print(summary(table, runs))

@@ -1,5 +1,8 @@
 """The prepared classifier of the mask fits: batch norm folded exactly, the user's model untouched, fits unchanged.
 
+Static TF-"same" padding equals timm's dynamic padding (float64) for odd and even sizes, at the size it was made for
+and, padded dynamically, at any other.
+
 Folding is checked in float64 (outputs and input gradients to 1e-10 relative) on the architectures the project
 loads: torchvision's ResNet and DenseNet (whose batch norms before a convolution stay), timm's TF EfficientNet-Lite0
 (norm + activation layers, TF-"same" convolutions). A pair registered as conv -> BN but run the other way round
@@ -17,7 +20,7 @@ from torchvision.models import densenet121, resnet18
 
 import hdm_lightning as hl
 from hdm_lightning.config import ConfigError, load_run_config
-from hdm_lightning.prepare import prepare_classifier
+from hdm_lightning.prepare import StaticSameConv2d, prepare_classifier
 from hdm_lightning.run.folder import check_run_folder
 from tests.baselines.test_baselines import cnn
 
@@ -62,12 +65,28 @@ def test_folding_is_exact_in_float64(name, build, folded, kept):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     prepared = prepare_classifier(model, x)
     assert prepared.model is not model and folded <= set(prepared.folded), prepared.folded
+    assert ("conv_stem" in prepared.static) == (prepared.out_of_place > 0) == (name == "lite0")  # ReLU stays in place
     assert not kept & set(prepared.folded)  # a batch norm before its convolution (DenseNet) stays
     (out, grad), (ref_out, ref_grad) = _pass(prepared.model, x), _pass(model, x)
     assert _relative(out, ref_out) < 1e-10 and _relative(grad, ref_grad) < 1e-10
     after = model.state_dict()  # the user's model is untouched
     assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.parametrize(("kernel", "stride"), [(3, 2), (5, 2), (4, 1), (1, 2)])
+@pytest.mark.parametrize("size", [(14, 14), (15, 12), (7, 9)])
+def test_static_same_padding_equals_timms_dynamic_padding(kernel, stride, size):
+    """At the size it was made for (and at any other, padded dynamically): timm's ``Conv2dSame``, float64."""
+    torch.manual_seed(0)
+    same = timm.layers.Conv2dSame(6, 6, kernel, stride, groups=3).double()
+    static = StaticSameConv2d(same, size)
+    for shape in (size, (size[0] + 1, size[1] + 2)):
+        x = torch.randn(2, 6, *shape, dtype=torch.float64, requires_grad=True)
+        got, want = static(x), same(x)
+        (g,) = torch.autograd.grad((got * got.detach()).sum(), x)
+        (w,) = torch.autograd.grad((want * want.detach()).sum(), x)
+        assert got.shape == want.shape and _relative(got.detach(), want.detach()) < 1e-12 and _relative(g, w) < 1e-12
 
 
 class BackToFront(nn.Module):

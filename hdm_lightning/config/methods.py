@@ -70,8 +70,9 @@ class EngineConfig:
     checkpoint_every_n_steps: int | None = None  # with a work folder: save the fit in flight every N steps
     checkpoint_every_n_seconds: float | None = 60.0  # ... and/or every this many seconds
     retain_memory: bool = True  # glibc: keep freed memory for the next step (no page faults); RSS stays at its peak
-    # fit a copy of the classifier with batch norm folded into the convolutions before it (checked exact in float64;
-    # same maps up to round-off, fewer operations per pass); a model with nothing to fold runs as given
+    # fit a copy of the classifier with batch norm folded into the convolutions before it, TF-"same" padding made
+    # static and activations out of place (checked exact in float64; same maps up to round-off, a cheaper pass); a
+    # model with nothing to fold runs as given
     prepare: bool = True
     # torch.compile the classifier the fits run: none | default | reduce-overhead (CUDA graphs: the one-image case on
     # a GPU) | max-autotune. On the CPUs measured it makes a pass slower; each new row count compiles again
