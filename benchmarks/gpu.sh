@@ -12,7 +12,11 @@ set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/.gpu/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${OUT:-/tmp/hdm_gpu}; mkdir -p "$OUT"
 MODEL=${MODEL:-resnet50}; SIZE=${SIZE:-224}; DEVICE=${DEVICE:-cuda}; STEPS=${STEPS:-3}; MAX_ROWS=${MAX_ROWS:-512}
-RUN=${RUN:-"c a s"}  # parts: c = throughput, a = bf16 vs fp32 and the reference, s = stability, f = frontier
+RUN=${RUN:-"c a s"}  # parts: c = throughput, a = bf16 vs fp32 and the reference, s = stability, f = frontier,
+# p = the prepared pass (benchmarks.prepared_pass: eager / folded / prepared / + CUDA graphs, and the demo job),
+# o = paper-preset throughput of the prepared classifier, eager and with CUDA graphs, at 1 and 32 images per call
+PASS_ARGS=${PASS_ARGS:-"--rows 1 9 32 --repeats 10 --compile --compile-mode reduce-overhead --demo-repeats 1"}
+C_TIMEOUT=${C_TIMEOUT:-150}
 # part f: the stability frontier's expensive points (benchmarks/stability_frontier.yaml), written to $OUT/frontier.json
 FRONTIER=${FRONTIER:-"hdm hdm_restarts_8 hdm_restarts_16 hdm_restarts_32 mdm_restarts_16"}
 STAB_METHODS=${STAB_METHODS:-"dm hdm"}  # mask methods; gradcam is added to the first run as the control
@@ -29,7 +33,7 @@ lightning.__version__, "torchvision", torchvision.__version__, "timm", timm.__ve
   2>&1 | tee -a "$LOG"
 bench_c() {  # bench_c TAG BATCH [benchmark args...]: paper-preset throughput (part c)
   local tag=$1 batch=$2; shift 2; local t0=$SECONDS
-  timeout 150 python3 -m benchmarks.benchmark --model "$MODEL" --size "$SIZE" --device "$DEVICE" --batch "$batch" \
+  timeout "$C_TIMEOUT" python3 -m benchmarks.benchmark --model "$MODEL" --size "$SIZE" --device "$DEVICE" --batch "$batch" \
     --max-rows "$MAX_ROWS" --parts c --steps "$STEPS" --json "$TMP/$tag.json" "$@" >"$TMP/$tag.txt" 2>&1
   say "-- c $tag (batch $batch $*): exit $? in $((SECONDS - t0)) s"; grep -E "^    (fit|[a-z]|HDM|MDM|peak)" "$TMP/$tag.txt" \
     | tee -a "$LOG" | grep -E "HDM|MDM" ; tail -3 "$TMP/$tag.txt" | grep -i error | tee -a "$LOG"
@@ -43,6 +47,20 @@ bench_c bf16_cl_b8 8 --precision bf16-mixed --channels-last
 bench_c fp32_b8 8
 bench_c bf16_cl_b1 1 --precision bf16-mixed --channels-last
 bench_c fp32_b1 1
+fi
+if [[ " $RUN " == *" p "* ]]; then
+  t0=$SECONDS
+  # shellcheck disable=SC2086
+  timeout 420 python3 -m benchmarks.prepared_pass --device "$DEVICE" $PASS_ARGS --json "$TMP/p.json" >"$TMP/p.txt" 2>&1
+  say "-- p prepared pass ($PASS_ARGS): exit $? in $((SECONDS - t0)) s"; grep -v '^{' "$TMP/p.txt" | tail -30 | tee -a "$LOG"
+  keep p_prepared_pass "$TMP/p.json"
+fi
+if [[ " $RUN " == *" o "* ]]; then  # each stage's row count compiles (and captures) once, in its warm-up step
+  C_TIMEOUT=${O_TIMEOUT:-300}
+  bench_c prep_bf16_cl_b1 1 --precision bf16-mixed --channels-last --prepare
+  bench_c prep_graphs_bf16_cl_b1 1 --precision bf16-mixed --channels-last --prepare --compile reduce-overhead
+  bench_c prep_bf16_cl_b32 32 --precision bf16-mixed --channels-last --prepare
+  bench_c prep_graphs_bf16_cl_b32 32 --precision bf16-mixed --channels-last --prepare --compile reduce-overhead
 fi
 if [[ " $RUN " == *" a "* ]]; then
 # (a) engine vs one-at-a-time reference (fp32) and bf16-mixed vs fp32 engine maps, reduced DM schedule

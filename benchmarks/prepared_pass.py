@@ -6,13 +6,16 @@ Two parts, each measured side by side in one run, in alternating rounds (slow dr
    EfficientNet-Lite0 and a torchvision ResNet-50 (random weights, random batch-norm statistics) at 224², for
    1, 9 and 32 rows: eager, folded (batch norm folded only), prepared (folded, static TF-"same" padding,
    activations out of place: what the fits run), and prepared + ``torch.compile`` (``--compile``; the first call's
-   compile time is shown apart), in sample-passes/s, with the largest output and input-gradient difference against eager
-   in float32 (relative to the largest value) and in float64 (the folding's exactness).
+   compile time is shown apart), in sample-passes/s, with the largest output and input-gradient difference
+   against eager in float32 (relative to the largest value) and in float64 (the rewrites' exactness).
 2. **The demo job**: ``explain.py --config configs/demo.yaml`` (HDM, ``hdm_fast``, three photos, Lite0 at 224²)
    with ``explainer.engine.prepare=true`` and ``=false``: wall seconds and engine sample-passes/s of both, and the
    ratio::
 
     python -m benchmarks.prepared_pass [--rows 1 9 32] [--repeats 3] [--demo-repeats 1] [--compile] [--json F]
+    python -m benchmarks.prepared_pass --device cuda --compile --compile-mode reduce-overhead   # CUDA graphs
+
+Each variant runs once before the timed rounds (its differences are taken there; a first call pays one-off costs).
 """
 
 from __future__ import annotations
@@ -33,12 +36,13 @@ from torchvision.models import resnet50
 
 from hdm_lightning.allocator import retain_freed_memory
 from hdm_lightning.models import load_classifier
-from hdm_lightning.prepare import prepare_classifier
+from hdm_lightning.prepare import COMPILE_MODES, compiled, prepare_classifier
 
 REPO = Path(__file__).resolve().parents[1]
+MODELS = ["lite0", "resnet50"]
 
 
-def models() -> dict[str, nn.Module]:
+def models(names: list[str] = MODELS, device: torch.device | None = None) -> dict[str, nn.Module]:
     """The bundled Lite0 and a ResNet-50 with random weights and batch-norm statistics, eval, channels_last."""
     torch.manual_seed(0)
     resnet = resnet50(num_classes=1000)
@@ -47,7 +51,8 @@ def models() -> dict[str, nn.Module]:
             m.running_mean.normal_(0, 0.2)
             m.running_var.uniform_(0.5, 1.5)
     out = {"lite0": load_classifier({"name": "bundled_efficientnet_lite0"}).model, "resnet50": resnet}
-    return {k: m.eval().requires_grad_(False).to(memory_format=torch.channels_last) for k, m in out.items()}
+    out = {k: m for k, m in out.items() if k in names}
+    return {k: m.eval().requires_grad_(False).to(device, memory_format=torch.channels_last) for k, m in out.items()}
 
 
 def one_pass(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,44 +68,54 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
+def timed(model: nn.Module, x: torch.Tensor) -> float:
+    """Seconds of one pass (the device synchronised before and after)."""
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    one_pass(model, x)
+    sync()
+    return time.perf_counter() - start
+
+
+def variants_of(model: nn.Module, x: torch.Tensor, args: argparse.Namespace) -> tuple[dict, float | None]:
+    """Eager, folded, prepared (and prepared + compiled) for input ``x``; the compiled one's first-call seconds."""
+    prepared = prepare_classifier(model, x).model
+    folded = prepare_classifier(model, x, static_padding=False, out_of_place=False).model
+    variants = {"eager": model, "folded": folded, "prepared": prepared}
+    if not args.compile:
+        return variants, None
+    variants["prepared+compiled"] = compiled(prepared, args.compile_mode)
+    return variants, timed(variants["prepared+compiled"], x)
+
+
 def pass_table(args: argparse.Namespace) -> list[dict]:
-    """Part 1: one pass per model, rows and variant, alternating rounds."""
-    rows_out = []
-    for name, model in models().items():
-        x64 = torch.randn(2, 3, 224, 224, dtype=torch.float64)
-        exact = prepare_classifier(model.double(), x64)  # the float64 check of the folding itself
+    """Part 1: one pass per model, rows and variant, each warmed up once, then alternating rounds."""
+    rows_out, device = [], torch.device(args.device)
+    for name, model in models(args.models, device).items():
+        x64 = torch.randn(2, 3, 224, 224, dtype=torch.float64, device=device)
+        exact = prepare_classifier(model.double(), x64)  # the float64 check of the rewrites themselves
         (o64, g64), (r64, q64) = one_pass(exact.model, x64), one_pass(model, x64)
         model.float()
         for rows in args.rows:
-            x = torch.randn(rows, 3, 224, 224).to(memory_format=torch.channels_last)
-            prepared = prepare_classifier(model, x).model
-            folded = prepare_classifier(model, x, static_padding=False, out_of_place=False).model
-            variants = {"eager": model, "folded": folded, "prepared": prepared}
-            compile_s = None
-            if args.compile:
-                compiled = torch.compile(prepared)
-                start = time.perf_counter()
-                one_pass(compiled, x)
-                compile_s = time.perf_counter() - start
-                variants["prepared+compiled"] = compiled
-            ref_out, ref_grad = one_pass(model, x)
+            x = torch.randn(rows, 3, 224, 224, device=device).to(memory_format=torch.channels_last)
+            variants, compile_s = variants_of(model, x, args)
+            results = {v: one_pass(m, x) for v, m in variants.items()}  # also the warm-up of every variant
             seconds = dict.fromkeys(variants, 0.0)
             for k in range(args.repeats):
                 for v, m in list(variants.items())[:: 1 if k % 2 == 0 else -1]:
-                    start = time.perf_counter()
-                    one_pass(m, x)
-                    seconds[v] += time.perf_counter() - start
-            for v, m in variants.items():
-                out, grad = one_pass(m, x)
+                    seconds[v] += timed(m, x)
+            for v, (out, grad) in results.items():
                 rows_out.append(
                     {
                         "model": name,
+                        "device": str(device),
                         "rows": rows,
                         "variant": v,
                         "passes_per_s": rows * args.repeats / seconds[v],
                         "speedup": seconds["eager"] / seconds[v],
-                        "output_diff": relative(out, ref_out),
-                        "grad_diff": relative(grad, ref_grad),
+                        "output_diff": relative(out, results["eager"][0]),
+                        "grad_diff": relative(grad, results["eager"][1]),
                         "float64_output_diff": relative(o64, r64),
                         "float64_grad_diff": relative(g64, q64),
                         "compile_s": compile_s if v == "prepared+compiled" else None,
@@ -110,10 +125,11 @@ def pass_table(args: argparse.Namespace) -> list[dict]:
     return rows_out
 
 
-def demo_once(prepare: bool, folder: Path) -> dict:
+def demo_once(prepare: bool, folder: Path, device: str) -> dict:
     """One demo job; its wall time, the explain seconds and engine sample-passes/s from the manifest."""
     args = [sys.executable, str(REPO / "explain.py"), "--config", str(REPO / "configs" / "demo.yaml")]
     args += [f"output.dir={folder}", "wandb.mode=disabled", "progress=false", f"explainer.engine.prepare={prepare}"]
+    args += [f"device={device}"]
     start = time.perf_counter()
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=dict(os.environ))
     wall = time.perf_counter() - start
@@ -132,7 +148,7 @@ def demo(args: argparse.Namespace) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="prepared-demo-") as tmp:
         for k in range(args.demo_repeats):
             for prepare in (True, False) if k % 2 == 0 else (False, True):
-                out.append(demo_once(prepare, Path(tmp) / f"{prepare}-{k}"))
+                out.append(demo_once(prepare, Path(tmp) / f"{prepare}-{k}", args.device))
                 print(json.dumps(out[-1]), flush=True)
     return out
 
@@ -173,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--demo-repeats", type=int, default=1, help="rounds of the demo job (each runs both)")
     ap.add_argument("--compile", action="store_true", help="also prepared + torch.compile (slow on these CPUs)")
+    ap.add_argument("--compile-mode", choices=COMPILE_MODES[1:], default="default", help="torch.compile's mode")
+    ap.add_argument("--device", default="cpu", help="where the passes run (cuda: synchronised timing)")
+    ap.add_argument("--models", nargs="+", choices=MODELS, default=MODELS)
     ap.add_argument("--json", default=None, help="write the raw figures here")
     args = ap.parse_args(argv)
     retain_freed_memory()  # as the fits run (engine.retain_memory, the default): no page faults on every pass

@@ -101,6 +101,8 @@ class StaticSameConv2d(nn.Conv2d):
             self.weight.copy_(weight)
             if conv.bias is not None:
                 self.bias.copy_(conv.bias)
+        if conv.weight.is_contiguous(memory_format=torch.channels_last):  # keep the model's memory format
+            self.weight.data = self.weight.data.contiguous(memory_format=torch.channels_last)
         self.size = tuple(size)
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
