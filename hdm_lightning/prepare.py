@@ -213,8 +213,8 @@ def prepare_classifier(
     if not _pairs(model) and not same:  # no copy of a model with nothing to fold (a ViT)
         return Prepared(model, note="no batch norm after a convolution: the classifier runs as given")
     probe = images[:2].detach().double()
-    want, sizes = _outputs(hook_free_copy(model, torch.float64), probe, same)
     prepared = hook_free_copy(model, torch.float64)
+    want, sizes = _outputs(prepared, probe, same)  # the original's logits, before the copy is rewritten
     done = Prepared(prepared, _fold_pairs(prepared), _make_static(prepared, sizes))
     done.out_of_place = _out_of_place(prepared) if out_of_place else 0
     got, _ = _outputs(prepared, probe)
